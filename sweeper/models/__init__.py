@@ -1,0 +1,6 @@
+"""Backbones and heads by registry name."""
+
+from sweeper.models.backbones import Backbone, build_backbone
+from sweeper.models.heads import build_projector
+
+__all__ = ["Backbone", "build_backbone", "build_projector"]

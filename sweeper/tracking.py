@@ -1,0 +1,248 @@
+"""MLflow tracking: the only module that imports mlflow.
+
+One experiment per config, one **parent run** per sweep (run name = sweep name, tag
+``sweeper.sweep``), one **child run** per trial (tags ``mlflow.parentRunId`` and
+``sweeper.trial_id``). Runs are looked up by those tags before being created, so a resumed
+sweep or trial logs into its existing run; metric points are logged once per (key, step),
+so replayed epochs after a resume are not logged twice.
+
+Everything goes through :class:`mlflow.tracking.MlflowClient` with explicit run ids (no
+global active run), from the sweep driver only: trials never talk to the tracking server.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+__all__ = ["SweepTracker", "TrackingError", "check_tracking_uri", "flatten"]
+
+SWEEP_TAG = "sweeper.sweep"
+TRIAL_TAG = "sweeper.trial_id"
+STATUS_TAG = "sweeper.status"
+PARENT_TAG = "mlflow.parentRunId"
+_MAX_PARAM_LENGTH = 6000
+
+
+class TrackingError(RuntimeError):
+    """The tracking server or store cannot be used; the message says how to fix it."""
+
+
+def check_tracking_uri(uri: str, *, timeout: float = 5.0) -> None:
+    """Fail fast, before anything is written, if ``uri`` cannot be reached."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
+                if response.status >= 400:
+                    raise TrackingError(f"tracking.uri {uri}: server answered HTTP {response.status}")
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise TrackingError(
+                f"tracking.uri {uri} is unreachable ({reason}): start the MLflow server or fix tracking.uri"
+            ) from None
+    elif uri.startswith("sqlite:///"):
+        database = Path(uri.removeprefix("sqlite:///"))
+        if not database.parent.expanduser().is_dir():
+            raise TrackingError(f"tracking.uri {uri}: directory {str(database.parent)!r} does not exist")
+    elif uri.startswith(("file:", "./", "/")) or "://" not in uri:
+        raise TrackingError(
+            f"tracking.uri {uri!r}: MLflow's file store is retired; use sqlite:///mlflow.db "
+            "or an http:// server"
+        )
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}} -> {"a.b": 1}`` (lists stay values)."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat |= flatten(value, f"{name}.")
+        else:
+            flat[name] = value
+    return flat
+
+
+class SweepTracker:
+    """Parent and child runs of one sweep in one MLflow experiment."""
+
+    def __init__(self, *, uri: str, experiment: str, sweep: str) -> None:
+        self.uri = uri
+        self.experiment = experiment
+        self.sweep = sweep
+        self._client: MlflowClient | None = None
+        self._experiment_id: str | None = None
+        self.parent_id: str | None = None
+        self._children: dict[str, str] = {}
+        self._logged_steps: dict[str, dict[str, int]] = {}
+
+    # Pickled into Ray Tune's experiment state with the callback: drop the live client.
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_client": None, "_logged_steps": {}, "_children": {}}
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = MlflowClient(tracking_uri=self.uri)
+        return self._client
+
+    @property
+    def experiment_id(self) -> str:
+        if self._experiment_id is None:
+            found = self.client.get_experiment_by_name(self.experiment)
+            self._experiment_id = (
+                found.experiment_id if found is not None else self.client.create_experiment(self.experiment)
+            )
+        return self._experiment_id
+
+    # --- parent ------------------------------------------------------------------------------
+
+    def find_parent(self) -> str | None:
+        """The sweep's existing parent run id, if any (without creating the experiment)."""
+        found = self.client.get_experiment_by_name(self.experiment)
+        if found is None:
+            return None
+        runs = self.client.search_runs(
+            [found.experiment_id],
+            filter_string=f"tags.`{SWEEP_TAG}` = '{self.sweep}' and attributes.run_name = '{self.sweep}'",
+            max_results=1,
+        )
+        return runs[0].info.run_id if runs else None
+
+    def start_parent(self, config: Mapping[str, Any]) -> str:
+        """Reuse the sweep's parent run or create it, with the config as params and artifact."""
+        existing = self.find_parent()
+        if existing is not None:
+            self.parent_id = existing
+            self.client.update_run(existing, status="RUNNING")
+            return existing
+        run = self.client.create_run(self.experiment_id, run_name=self.sweep, tags={SWEEP_TAG: self.sweep})
+        self.parent_id = run.info.run_id
+        params = [
+            Param(key, _param_value(value))
+            for key, value in flatten(config).items()
+            if not key.startswith("search.space.")
+        ]
+        for start in range(0, len(params), 100):
+            self.client.log_batch(self.parent_id, params=params[start : start + 100])
+        self.client.log_dict(self.parent_id, dict(config), "config.json")
+        return self.parent_id
+
+    def finish_parent(self, *, status: str = "FINISHED") -> None:
+        if self.parent_id is not None:
+            self.client.set_terminated(self.parent_id, status=status)
+
+    def log_parent_artifacts(self, paths: Iterable[Path], *, artifact_path: str = "report") -> None:
+        for path in paths:
+            self.client.log_artifact(self.parent_id, str(path), artifact_path=artifact_path)
+
+    def set_parent_tags(self, tags: Mapping[str, str], *, replace_prefix: str | None = None) -> None:
+        """Set ``tags`` on the parent run; with ``replace_prefix``, first delete the parent's
+        tags with that prefix that ``tags`` does not set again."""
+        if replace_prefix is not None:
+            stale = self.client.get_run(self.parent_id).data.tags
+            for key in stale:
+                if key.startswith(replace_prefix) and key not in tags:
+                    self.client.delete_tag(self.parent_id, key)
+        self.client.log_batch(self.parent_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    # --- children ----------------------------------------------------------------------------
+
+    def child(self, trial_id: str, params: Mapping[str, Any]) -> str:
+        """The trial's run: found by its tags when it exists (resume), else created."""
+        if trial_id in self._children:
+            return self._children[trial_id]
+        if self.parent_id is None:
+            raise TrackingError("start_parent() must run before child runs are made")
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_id}' and tags.`{TRIAL_TAG}` = '{trial_id}'",
+            max_results=1,
+        )
+        if runs:
+            run_id = runs[0].info.run_id
+            self.client.update_run(run_id, status="RUNNING")
+            self._logged_steps[run_id] = self._steps_already_logged(runs[0].data.metrics, run_id)
+        else:
+            run = self.client.create_run(
+                self.experiment_id,
+                run_name=trial_id,
+                tags={PARENT_TAG: self.parent_id, TRIAL_TAG: trial_id, SWEEP_TAG: self.sweep},
+            )
+            run_id = run.info.run_id
+            self.client.log_batch(run_id, params=[Param(k, _param_value(v)) for k, v in params.items()])
+            self._logged_steps[run_id] = {}
+        self._children[trial_id] = run_id
+        return run_id
+
+    def child_ids(self) -> dict[str, str]:
+        """``{trial_id: run_id}`` of every child run of the sweep in the store."""
+        runs = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_id}'"
+        )
+        return {run.data.tags[TRIAL_TAG]: run.info.run_id for run in runs}
+
+    def log_metrics(self, trial_id: str, metrics: Mapping[str, float], *, step: int) -> int:
+        """Log the numeric ``metrics`` at ``step`` unless that (key, step) is already there.
+
+        Returns the number of points logged.
+        """
+        run_id = self._children[trial_id]
+        logged = self._logged_steps.setdefault(run_id, {})
+        now = int(time.time() * 1000)
+        points = [
+            Metric(key, float(value), now, step)
+            for key, value in metrics.items()
+            if _is_number(value) and step > logged.get(key, -1)
+        ]
+        for start in range(0, len(points), 1000):
+            self.client.log_batch(run_id, metrics=points[start : start + 1000])
+        for point in points:
+            logged[point.key] = step
+        return len(points)
+
+    def finish_child(self, trial_id: str, *, status: str) -> None:
+        run_id = self._children.get(trial_id)
+        if run_id is None:
+            return
+        self.client.set_tag(run_id, STATUS_TAG, status)
+        self.client.set_terminated(run_id, status="FAILED" if status == "failed" else "FINISHED")
+
+    def tag_children(self, key: str, values: Mapping[str, str]) -> None:
+        """Set tag ``key`` on the child run of each trial in ``values`` (``{trial_id: value}``)
+        and delete it from every other child run of the sweep, so that a repeated selection
+        (``sweeper compare`` on a sweep that has progressed) replaces the previous one."""
+        runs = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_id}'"
+        )
+        for run in runs:
+            trial_id = run.data.tags.get(TRIAL_TAG)
+            if trial_id in values:
+                self.client.set_tag(run.info.run_id, key, values[trial_id])
+            elif key in run.data.tags:
+                self.client.delete_tag(run.info.run_id, key)
+
+    def set_child_tag(self, trial_id: str, key: str, value: str) -> None:
+        run_id = self._children.get(trial_id) or self.child_ids().get(trial_id)
+        if run_id is not None:
+            self.client.set_tag(run_id, key, value)
+
+    def _steps_already_logged(self, latest: Mapping[str, float], run_id: str) -> dict[str, int]:
+        return {key: max(m.step for m in self.client.get_metric_history(run_id, key)) for key in latest}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _param_value(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value)
+    return text[:_MAX_PARAM_LENGTH]

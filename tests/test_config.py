@@ -1,0 +1,115 @@
+"""Config loading and validation: every mistake is one ConfigError naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sweeper.config import ConfigError, SweeperConfig, load_config, parse_overrides
+
+QUICKSTART = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+
+
+def base(**sections: object) -> dict:
+    data: dict = {"name": "t", "search": {"space": {"method.params.cov_weight": {"values": [0.0, 1.0]}}}}
+    data.update(sections)
+    return data
+
+
+def test_quickstart_loads_with_defaults_filled() -> None:
+    config = load_config(QUICKSTART)
+    assert config.method.name == "vicreg"
+    assert config.method.params == {"inv_weight": 25.0, "var_weight": 25.0, "cov_weight": 1.0}
+    assert config.selection.param == "method.params.cov_weight"
+    assert config.search.space["method.params.cov_weight"].values[0] == 0.0
+
+
+def test_overrides_apply_dotted_keys_as_yaml() -> None:
+    config = load_config(QUICKSTART, overrides=["train.epochs=3", "model.projector=[64, 32]", "name=x"])
+    assert config.train.epochs == 3
+    assert config.model.projector == [64, 32]
+    assert config.name == "x"
+
+
+def test_with_overrides_revalidates() -> None:
+    config = load_config(data=base())
+    trial = config.with_overrides({"method.params.cov_weight": 4.0})
+    assert trial.method.params["cov_weight"] == 4.0
+    assert config.method.params["cov_weight"] == 1.0  # the sweep config is untouched
+    with pytest.raises(ConfigError, match="cov_weight"):
+        config.with_overrides({"method.params.cov_weight": -1.0})
+
+
+def test_round_trip_through_dict() -> None:
+    config = load_config(QUICKSTART)
+    assert SweeperConfig.model_validate(config.to_dict()) == config
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (base(trian={}), r"^trian: unknown key \(did you mean 'train'\?\)$"),
+        (base(train={"epoch": 3}), r"^train\.epoch: unknown key \(did you mean 'epochs'\?\)"),
+        (base(train={"epochs": "many"}), r"^train\.epochs: .*integer.*'many'"),
+        (base(train={"epochs": -1}), r"^train\.epochs: .*greater than 0"),
+        (base(method={"name": "mocov9"}), r"^method\.name: .*'mocov9'"),
+        (base(method={"params": {"cov": 1.0}}), r"no hyperparameter 'cov'"),
+        (base(data={"dataset": "cifar10"}), r"needs a local data root: set data\.root"),
+        (base(data={"dataset": "cifar10", "root": "/no/such/dir"}), r"'/no/such/dir' does not exist"),
+        (base(model={"backbone": "vgg"}), r"^model\.backbone: "),
+        (base(selection={"tolerance": 1.5}), r"^selection\.tolerance: .*less than 1"),
+        (base(selection={"param": "train.lr"}), r"'train\.lr' is not searched"),
+        (
+            base(search={"space": {"method.params.cov_wieght": {"values": [1]}}}),
+            r"'cov_wieght' \(did you mean 'cov_weight'\?\)",
+        ),
+        (base(search={"space": {"train.lr": {"values": []}}}), r"values is empty"),
+        (
+            base(
+                search={"algorithm": "optuna", "space": {"train.lr": {"low": 0.0, "high": 1.0, "log": True}}}
+            ),
+            r"log-scale bounds must be > 0",
+        ),
+        (base(search={"space": {"train.lr": {"low": 1e-4, "high": 1e-2}}}), r"grid algorithm needs values"),
+        ({"search": {}}, r"^name: required key is missing"),
+        (base(name="bad name/"), r"not a usable sweep name"),
+    ],
+)
+def test_malformed_config_is_one_clear_line(data: dict, expected: str) -> None:
+    with pytest.raises(ConfigError, match=expected) as info:
+        load_config(data=data)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML at line"):
+        load_config(bad)
+
+
+def test_parse_overrides_rejects_missing_equals() -> None:
+    assert parse_overrides(["a.b=1", "c=[1, 2]", "d=text"]) == {"a.b": 1, "c": [1, 2], "d": "text"}
+    with pytest.raises(ConfigError, match="dotted.key=value"):
+        parse_overrides(["train.epochs"])
+
+
+def test_suggest_is_define_by_run() -> None:
+    optuna = pytest.importorskip("optuna")
+    config = load_config(
+        data=base(
+            search={
+                "algorithm": "optuna",
+                "space": {
+                    "method.params.cov_weight": {"values": [0.0, 1.0]},
+                    "train.lr": {"low": 1e-4, "high": 1e-2, "log": True},
+                },
+            },
+            selection={"param": "method.params.cov_weight"},
+        )
+    )
+    fixed = optuna.trial.FixedTrial({"method.params.cov_weight": 1.0, "train.lr": 3e-3})
+    assert config.search.suggest(fixed) == {"method.params.cov_weight": 1.0, "train.lr": 3e-3}

@@ -1,0 +1,327 @@
+"""The selection report over hand-made trial tables (sweeper.report): no Ray, no MLflow."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from sweeper import report
+from sweeper.config import load_config
+from sweeper.report import SweepReport
+from tests.conftest import tiny_config_data
+
+COV = "method.params.cov_weight"
+LINEAR, KNN, OOD = "oracle/linear/digits", "oracle/knn/digits", "oracle/linear/ood_mean"
+GRID = (0.0, 0.1, 1.0, 4.0, 16.0)
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def config(tmp_path: Path, name: str = "hand", **data):
+    base = tiny_config_data(tmp_path, name=name)
+    base["search"]["space"] = {COV: {"values": list(GRID)}}
+    base["evaluation"]["label_free"] = ["rankme", "alpha_req", "self_clustering"]
+    for key, value in data.items():
+        base[key] = value
+    return load_config(data=base)
+
+
+def table(status=("ok",) * 5, linear=(0.50, 0.80, 0.90, 0.88, 0.85), *, ood: bool = True) -> pd.DataFrame:
+    """Five trials along the covariance weight; RankMe plateaus from cov = 1."""
+    rows = []
+    for i, cov in enumerate(GRID):
+        row = {
+            "trial_id": f"t{i}",
+            COV: cov,
+            "rankme/embedding": [3.0, 12.0, 15.8, 15.9, 15.0][i],
+            "rankme/embedding_clipped": [3.0, 12.0, 15.8, 15.9, 15.0][i],
+            "rankme/representation": [9.0, 40.0, 60.0, 61.0, 58.0][i],
+            "label_free/alpha_req": [3.0, 2.0, 1.2, 0.9, 0.7][i],
+            "label_free/self_clustering": [0.9, 0.3, 0.1, 0.05, 0.2][i],
+            LINEAR: linear[i],
+            KNN: [0.40, 0.85, 0.80, 0.86, 0.70][i],
+            "status": status[i],
+            "epochs_done": 2,
+            "wall_s": 1.0,
+        }
+        if ood:
+            row["oracle/linear/inverted"] = [0.20, 0.40, 0.45, 0.50, 0.30][i]
+            row[OOD] = row["oracle/linear/inverted"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def spectra() -> dict[str, list[float]]:
+    return {f"t{i}": list(np.geomspace(10.0, 10.0 ** (-i - 1), 16)) for i in range(5)}
+
+
+# --------------------------------------------------------------------------- summary rows
+
+
+def test_each_rule_pick_with_accuracies_and_gaps(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    trials = table()
+    picks = report.select(trials, cfg)
+    assert list(picks) == [
+        "oracle/linear",
+        "oracle/knn",
+        "oracle/ood",
+        "rankme/max",
+        "rankme/plateau",
+        "alpha_req/band",
+        "self_clustering/min",
+    ]
+    rows = {row["rule"]: row for row in report.summary_rows(trials, picks, cfg)}
+    # oracle: cov 1 (0.90); RankMe max: cov 4 (15.9); plateau within 5 %: 15.8 at cov 1 is the first.
+    assert rows["oracle/linear"][COV] == 1.0 and rows["oracle/linear"][LINEAR] == 0.90
+    assert rows["rankme/max"][COV] == 4.0
+    assert rows["rankme/max"][f"gap {LINEAR}"] == pytest.approx(0.88 - 0.90)
+    assert rows["rankme/plateau"][COV] == 1.0 and rows["rankme/plateau"][f"gap {LINEAR}"] == 0.0
+    assert rows["rankme/plateau"][f"gap {KNN}"] == pytest.approx(0.80 - 0.86)
+    assert rows["rankme/plateau"][f"gap {OOD}"] == pytest.approx(0.45 - 0.50)
+    assert rows["oracle/ood"][COV] == 4.0 and rows["oracle/ood"][f"gap {OOD}"] == 0.0
+    assert rows["alpha_req/band"][COV] == 4.0  # |0.9 - 1| is the smallest
+    assert rows["self_clustering/min"][COV] == 4.0  # lowest self-clustering, not the highest
+
+    long = {row["rule"]: row for row in report.comparison_rows([SweepReport.build(cfg, trials)])}
+    assert long["rankme/plateau"]["id_accuracy"] == 0.90 and long["rankme/plateau"]["id_gap"] == 0.0
+    assert long["rankme/max"]["ood_accuracy"] == 0.50 and long["rankme/max"]["ood_gap"] == 0.0
+    assert long["rankme/max"]["knn_gap"] == 0.0 and long["oracle/linear"]["knn_gap"] == pytest.approx(-0.06)
+    assert json.loads(long["rankme/max"]["params"]) == {COV: 4.0}
+
+
+def test_accuracies_are_seed_averaged(tmp_path: Path) -> None:
+    cfg = config(tmp_path, search={"space": {COV: {"values": [0.0, 1.0]}}, "num_samples": 2})
+    trials = pd.DataFrame(
+        {
+            "trial_id": ["a", "b", "c", "d"],
+            COV: [0.0, 0.0, 1.0, 1.0],
+            "seed": [0, 1, 0, 1],
+            "rankme/embedding": [2.0, 3.0, 10.0, 11.0],
+            LINEAR: [0.5, 0.7, 0.8, 1.0],
+            "status": ["ok"] * 4,
+        }
+    )
+    picks = report.select(trials, cfg)
+    rows = {row["rule"]: row for row in report.summary_rows(trials, picks, cfg)}
+    assert rows["rankme/plateau"]["trials"] == "c,d"
+    assert rows["rankme/plateau"][LINEAR] == pytest.approx(0.9)
+    assert rows["rankme/plateau"][f"gap {LINEAR}"] == 0.0
+
+
+def test_id_dataset_of_an_imagefolder_is_its_folder_not_an_ood_column(tmp_path: Path) -> None:
+    root = tmp_path / "pets"
+    (root / "train").mkdir(parents=True)
+    cfg = config(tmp_path, data={"dataset": "imagefolder", "root": str(root), "image_size": 8})
+    trials = table(ood=False).rename(columns={LINEAR: "oracle/linear/pets", KNN: "oracle/knn/pets"})
+    trials.insert(1, "oracle/linear/aaa_ood", 0.1)  # sorts first, is not the ID dataset
+    sweep = SweepReport.build(cfg, trials)
+    assert report.id_dataset(cfg) == "pets" and sweep.id_metric == "oracle/linear/pets"
+    assert sweep.picks["oracle/linear"].metric == "oracle/linear/pets"
+    assert sweep.oracle_metrics[:2] == ["oracle/linear/pets", "oracle/knn/pets"]
+
+
+# --------------------------------------------------------------------------- correlations
+
+
+def test_correlations_match_scipy_over_eligible_finite_trials(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    n = 12
+    trials = pd.DataFrame(
+        {
+            "trial_id": [f"t{i:02d}" for i in range(n)],
+            COV: rng.uniform(0, 4, n),
+            "rankme/embedding": rng.uniform(1, 16, n),
+            "label_free/alpha_req": rng.uniform(0.2, 3, n),
+            LINEAR: rng.uniform(0.3, 0.9, n),
+            KNN: rng.uniform(0.3, 0.9, n),
+            "status": ["ok"] * 9 + ["diverged", "running", "failed"],
+        }
+    )
+    trials.loc[3, "rankme/embedding"] = math.nan
+    trials.loc[5, LINEAR] = math.inf
+    cfg = config(tmp_path, search={"space": {COV: {"low": 0.0, "high": 4.0}}, "algorithm": "random"})
+    corr = report.correlations(SweepReport.build(cfg, trials)).set_index(["metric", "oracle"])
+    ok = trials[trials["status"] == "ok"]
+    for metric, values in (
+        ("rankme/embedding", ok["rankme/embedding"]),
+        ("label_free/alpha_req", ok["label_free/alpha_req"]),
+        ("label_free/alpha_req: -abs(α - 1)", -(ok["label_free/alpha_req"] - 1).abs()),
+    ):
+        for oracle in (LINEAR, KNN):
+            keep = np.isfinite(values) & np.isfinite(ok[oracle])
+            tau = stats.kendalltau(values[keep], ok[oracle][keep])
+            rho = stats.spearmanr(values[keep], ok[oracle][keep])
+            row = corr.loc[(metric, oracle)]
+            assert row["n"] == keep.sum()
+            assert row["kendall_tau"] == pytest.approx(tau.statistic)
+            assert row["kendall_p"] == pytest.approx(tau.pvalue)
+            assert row["spearman_rho"] == pytest.approx(rho.statistic)
+            assert row["spearman_p"] == pytest.approx(rho.pvalue)
+    assert corr.loc[("rankme/embedding", LINEAR), "n"] == 7  # 9 ok, one NaN rank, one inf accuracy
+    assert "label_free/self_clustering" not in corr.index.get_level_values(0)  # not logged
+
+
+def test_correlations_need_three_varying_points(tmp_path: Path) -> None:
+    trials = table(status=("ok", "ok", "failed", "failed", "failed"))
+    corr = report.correlations(SweepReport.build(config(tmp_path), trials))
+    assert (corr["n"] == 2).all() and corr["kendall_tau"].isna().all()
+    constant = table().assign(**{LINEAR: 0.5})
+    corr = report.correlations(SweepReport.build(config(tmp_path), constant))
+    assert corr.loc[corr["oracle"] == LINEAR, "spearman_rho"].isna().all()
+    assert corr.loc[corr["oracle"] == KNN, "spearman_rho"].notna().all()
+
+
+# --------------------------------------------------------------------------- files and plots
+
+
+def _assert_png(path: Path) -> None:
+    from PIL import Image
+
+    assert path.read_bytes()[:8] == PNG_MAGIC, path
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        assert image.size[0] > 300 and image.size[1] > 200
+
+
+def test_write_report_files_plots_and_json(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    trials = table()
+    picks = report.select(trials, cfg)
+    files = report.write_report(trials, picks, cfg, tmp_path / "out", spectra=spectra())
+    names = [path.name for path in files]
+    assert names == [
+        "report.md",
+        "report.csv",
+        "report.json",
+        "rankme_vs_param.png",
+        "accuracy_vs_rankme.png",
+        "spectra.png",
+    ]
+    for path in files[3:]:
+        _assert_png(path)
+    assert not list((tmp_path / "out").glob(".*partial*"))
+    markdown = files[0].read_text()
+    assert "RankMe plateau" in markdown and "Kendall τ" in markdown and "Spearman ρ" in markdown
+    assert "![spectra](spectra.png)" in markdown and "Partly finished" not in markdown
+    csv = pd.read_csv(files[1])
+    assert list(csv["rule"]) == list(picks) and f"gap {LINEAR}" in csv.columns
+    text = files[2].read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    document = json.loads(text)
+    assert document["unfinished"] == 0 and document["plots"] == names[3:]
+    assert {row["metric"] for row in document["correlations"]} >= {"rankme/embedding", "label_free/alpha_req"}
+
+
+def test_without_spectra_or_eligible_trials_the_plots_are_skipped(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    files = report.write_report(table(), report.select(table(), cfg), cfg, tmp_path / "a")
+    assert "spectra.png" not in [p.name for p in files]
+    failed = table(status=("failed",) * 5)
+    picks = report.select(failed, cfg)
+    assert picks == {}
+    files = report.write_report(failed, picks, cfg, tmp_path / "b", spectra=spectra())
+    assert [p.name for p in files] == ["report.md", "report.csv", "report.json"]
+    assert "nothing to select" in files[0].read_text()
+    empty = pd.DataFrame()
+    assert "(5 trials: 5 not started)" in report.format_summary(empty, {}, cfg)
+    assert [p.name for p in report.write_report(empty, {}, cfg, tmp_path / "c")][:3] == [
+        "report.md",
+        "report.csv",
+        "report.json",
+    ]
+
+
+def test_partly_finished_sweep_says_so_and_picks_among_finished(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    # The oracle's favourite (cov 1) is still running: it cannot be picked yet.
+    trials = table(status=("ok", "ok", "running", "ok", "pending"))
+    sweep = SweepReport.build(cfg, trials, spectra=spectra(), directory=tmp_path)
+    assert sweep.unfinished() == 2
+    assert all("t2" not in pick.trial_ids and "t4" not in pick.trial_ids for pick in sweep.picks.values())
+    note = "Partly finished: 2 of 5 trials unfinished (1 running, 1 pending)"
+    summary = report.format_summary(trials, sweep.picks, cfg)
+    assert note in summary and "the 3 trials finished with status ok" in summary
+    assert "1 unfinished" not in summary
+    assert "2 unfinished (partial)" in report.format_comparison([sweep])
+    files = report.write_report(trials, sweep.picks, cfg, tmp_path / "partial", spectra=spectra())
+    assert json.loads(files[2].read_text())["unfinished"] == 2
+    assert note in files[0].read_text()
+
+
+def test_trials_tune_has_not_created_yet_count_as_unfinished(tmp_path: Path) -> None:
+    cfg = config(tmp_path)  # a grid of 5 values: 5 trials expected
+    trials = table(status=("ok", "ok", "running", "ok", "ok")).iloc[:3]
+    sweep = SweepReport.build(cfg, trials)
+    assert (sweep.expected_trials(), sweep.not_started(), sweep.unfinished()) == (5, 2, 3)
+    summary = report.format_summary(trials, sweep.picks, cfg)
+    assert "(5 trials: 2 ok, 1 running, 2 not started)" in summary
+    assert "Partly finished: 3 of 5 trials unfinished (1 running, 2 not started)" in summary
+
+
+def test_comparison_of_several_sweeps(tmp_path: Path) -> None:
+    first = SweepReport.build(config(tmp_path, "vicreg-cov"), table(), spectra=spectra(), directory=tmp_path)
+    # A second sweep without OOD data where RankMe's plateau misses the oracle by 5 points.
+    other = table(linear=(0.5, 0.8, 0.85, 0.88, 0.9), ood=False)
+    second = SweepReport.build(config(tmp_path, "other"), other)
+    unfinished = table(status=("ok", "ok", "ok", "running", "ok"), ood=False)
+    partial = SweepReport.build(config(tmp_path, "partial"), unfinished)
+    reports = [first, second, partial]
+    markdown = report.format_comparison(reports)
+    lines = markdown.splitlines()
+    header = next(line for line in lines if line.startswith("| selection rule"))
+    assert header == "| selection rule | vicreg-cov | other | partial | mean gap |"
+    plateau = next(line for line in lines if line.startswith("| RankMe plateau |"))
+    # first: 90.0, gap 0 (OOD 45.0, 5 points below the OOD oracle); other: 85.0 (-5.0);
+    # partial: 90.0 (+0.0).
+    assert plateau == "| RankMe plateau | 90.0 (+0.0); OOD 45.0 (-5.0) | 85.0 (-5.0) | 90.0 (+0.0) | -1.7 |"
+    oracle_ood = next(line for line in lines if line.startswith("| oracle (OOD mean, labels) |"))
+    assert "| - | - |" in oracle_ood  # no OOD data in the other sweeps
+    assert "k-NN accuracy" in markdown and "**1 unfinished (partial)**" in markdown
+    assert "Rank correlation" in markdown
+
+    files = report.write_comparison(reports, tmp_path / "cmp")
+    assert [p.name for p in files] == [
+        "compare.md",
+        "compare.csv",
+        "compare.json",
+        "accuracy_vs_rankme.png",
+        "rankme_vs_param.png",
+        "spectra.png",
+    ]
+    for path in files[3:]:
+        _assert_png(path)
+    long = pd.read_csv(files[1])
+    assert len(long) == sum(len(r.picks) for r in reports)
+    assert set(long["sweep"]) == {"vicreg-cov", "other", "partial"}
+    document = json.loads(files[2].read_text())
+    assert [s["unfinished"] for s in document["sweeps"]] == [0, 0, 1]
+
+
+def test_duplicate_sweep_names_get_distinct_columns(tmp_path: Path) -> None:
+    same = SweepReport.build(config(tmp_path), table(ood=False))
+    header = next(
+        line for line in report.format_comparison([same, same]).splitlines() if line.startswith("| selection")
+    )
+    assert header == "| selection rule | hand | hand (2) | mean gap |"
+
+
+def test_rules_by_trial_and_labels() -> None:
+    picks = {
+        "oracle/linear": report.Pick("oracle/linear", LINEAR, {COV: 1.0}, ("t2",), 0.9),
+        "rankme/plateau": report.Pick("rankme/plateau", "rankme/embedding", {COV: 1.0}, ("t2",), 15.8),
+        "lidar/max": report.Pick("lidar/max", "label_free/lidar", {COV: 4.0}, ("t3", "t4"), 3.0),
+    }
+    assert report.rules_by_trial(picks) == {
+        "t2": ["oracle/linear", "rankme/plateau"],
+        "t3": ["lidar/max"],
+        "t4": ["lidar/max"],
+    }
+    assert report.rule_label("rankme/plateau") == "RankMe plateau"
+    assert report.rule_label("lidar/max") == "lidar max"
