@@ -173,6 +173,7 @@ class Trainer:
             loss = self.method.training_loss(self.augment(batch), progress=progress)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            self.method.before_optimizer_step(progress=progress, epoch=self.epoch)
             self.optimizer.step()
             self.scheduler.step()
             self.method.after_step(progress=progress)

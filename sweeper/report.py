@@ -565,9 +565,13 @@ def write_comparison(reports: Sequence[SweepReport], directory: Path) -> list[Pa
 
 
 def write_atomic(path: Path, text: str) -> Path:
-    """Write then rename: a crash never leaves a truncated report."""
+    """Write a temporary file, flush it to disk, then rename it over ``path``: a crash at any
+    point leaves either the previous file or the new one, never a truncated one."""
     partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text)
+    with open(partial, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
     os.replace(partial, path)
     return path
 

@@ -436,6 +436,11 @@ def trial_table(directory: Path | str, config: SweeperConfig) -> pd.DataFrame:
             status = last.get("status", "failed")
             # Terminated while its last result said "running": a scheduler stopped it early.
             row["status"] = "stopped" if status == "running" else status
+        elif trial.status == "ERROR" or (Path(trial.path) / "error.txt").exists():
+            # Tune's last state snapshot can predate the error; its error file cannot.
+            row["status"] = "failed"
+        elif trial.status == "PENDING" and last.get("epoch"):
+            row["status"] = "running"  # Ray reloads a running trial from disk as PENDING
         else:
             row["status"] = _RAY_STATUS.get(trial.status, trial.status.lower())
         row["epochs_done"] = int(last.get("epoch", 0) or 0)
