@@ -129,6 +129,9 @@ class TrainConfig(_Strict):
     warmup_epochs: NonNegativeInt = 2
     checkpoint_every: PositiveInt | None = None  # epochs; None = every evaluation
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Mixed precision: auto = bf16 autocast on a CUDA device that supports it, else fp32.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    channels_last: bool | None = None  # None = on for CUDA (tensor cores), off on CPU
 
 
 class CollapseConfig(_Strict):
@@ -250,6 +253,16 @@ class SelectionConfig(_Strict):
 class TrackingConfig(_Strict):
     uri: str = "sqlite:///mlflow.db"
     experiment: str | None = None
+
+    @field_validator("uri")
+    @classmethod
+    def _no_credentials(cls, value: str) -> str:
+        if re.match(r"^https?://[^/@\s]+@", value):
+            raise ValueError(
+                "credentials do not belong in the URI (it is logged and saved): set "
+                "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN instead"
+            )
+        return value
 
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")

@@ -100,6 +100,11 @@ class Trainer:
         _seed_everything(config.seed)
         self.data = data if data is not None else load_dataset(config.data)
         self.method: SSLMethod = build_method(config, in_channels=self.data.channels).to(self.device)
+        self.autocast_dtype = _autocast_dtype(config.train.precision, self.device)
+        cuda = self.device.type == "cuda"
+        self.channels_last = config.train.channels_last if config.train.channels_last is not None else cuda
+        if self.channels_last:
+            self.method = self.method.to(memory_format=torch.channels_last)
         flip = config.data.flip if config.data.flip is not None else self.data.natural_images
         self.augment = MultiViewAugment(num_views=self.method.num_views, flip=flip)
         self.train_images = self.data.train.images.to(self.device)
@@ -170,7 +175,13 @@ class Trainer:
         for step in range(self.steps_per_epoch):
             batch = self.train_images[order[step * self.batch_size : (step + 1) * self.batch_size]]
             progress = (self.epoch * self.steps_per_epoch + step) / max(self.total_steps, 1)
-            loss = self.method.training_loss(self.augment(batch), progress=progress)
+            views = self.augment(batch)
+            if self.channels_last:
+                views = [view.contiguous(memory_format=torch.channels_last) for view in views]
+            with torch.autocast(
+                self.device.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None
+            ):
+                loss = self.method.training_loss(views, progress=progress)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.method.before_optimizer_step(progress=progress, epoch=self.epoch)
@@ -305,8 +316,7 @@ class Trainer:
                 name, suffix = f"{splits.name}-{suffix}", suffix + 1
             names.add(name)
             train, test = (
-                LabelledImages(_to_channels(part.images, channels), part.labels)
-                for part in (splits.train, splits.test)
+                LabelledImages(_to_channels(part.images, channels), part.labels) for part in (splits.train, splits.test)
             )
             loaded.append(replace(splits, name=name, train=train, test=test))
         return loaded
@@ -351,6 +361,16 @@ def _to_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
     if images.shape[1] == 1:
         return images.repeat(1, channels, 1, 1)
     raise ValueError(f"cannot convert {images.shape[1]}-channel images to {channels} channels")
+
+
+def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast where asked (or, for ``auto``, on a CUDA device that supports it); bf16
+    needs no loss scaling. Evaluation (RankMe, probes) always runs in fp32."""
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
 
 
 def _optimizer(config: SweeperConfig, method: SSLMethod) -> torch.optim.Optimizer:

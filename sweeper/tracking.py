@@ -13,6 +13,7 @@ global active run), from the sweep driver only: trials never talk to the trackin
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.error
 import urllib.request
@@ -23,7 +24,7 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-__all__ = ["SweepTracker", "TrackingError", "check_tracking_uri", "flatten"]
+__all__ = ["SweepTracker", "TrackingError", "check_tracking_uri", "flatten", "redact"]
 
 SWEEP_TAG = "sweeper.sweep"
 TRIAL_TAG = "sweeper.trial_id"
@@ -126,14 +127,11 @@ class SweepTracker:
             return existing
         run = self.client.create_run(self.experiment_id, run_name=self.sweep, tags={SWEEP_TAG: self.sweep})
         self.parent_id = run.info.run_id
-        params = [
-            Param(key, _param_value(value))
-            for key, value in flatten(config).items()
-            if not key.startswith("search.space.")
-        ]
+        flat = {key: redact(value) for key, value in flatten(config).items()}
+        params = [Param(key, _param_value(value)) for key, value in flat.items() if not key.startswith("search.space.")]
         for start in range(0, len(params), 100):
             self.client.log_batch(self.parent_id, params=params[start : start + 100])
-        self.client.log_dict(self.parent_id, dict(config), "config.json")
+        self.client.log_dict(self.parent_id, _redact_tree(dict(config)), "config.json")
         return self.parent_id
 
     def finish_parent(self, *, status: str = "FINISHED") -> None:
@@ -237,6 +235,22 @@ class SweepTracker:
 
     def _steps_already_logged(self, latest: Mapping[str, float], run_id: str) -> dict[str, int]:
         return {key: max(m.step for m in self.client.get_metric_history(run_id, key)) for key in latest}
+
+
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]+:)[^@\s]+@")
+
+
+def redact(value: Any) -> Any:
+    """Replace the password of ``scheme://user:password@host`` URLs with ``***`` (strings only)."""
+    return _URL_PASSWORD.sub(r"\g<head>***@", value) if isinstance(value, str) else value
+
+
+def _redact_tree(data: Any) -> Any:
+    if isinstance(data, Mapping):
+        return {key: _redact_tree(value) for key, value in data.items()}
+    if isinstance(data, list):
+        return [_redact_tree(value) for value in data]
+    return redact(data)
 
 
 def _is_number(value: Any) -> bool:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import tiny_config_data
+from tests.helpers import tiny_config_data
 
 REPO = Path(__file__).resolve().parents[1]
 

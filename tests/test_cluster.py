@@ -14,7 +14,7 @@ from ray.cluster_utils import Cluster
 
 from sweeper.config import load_config
 from sweeper.sweep import SweepError, run_sweep
-from tests.conftest import tiny_config_data
+from tests.helpers import tiny_config_data
 
 pytestmark = pytest.mark.slow
 EPOCHS = 6

@@ -15,7 +15,7 @@ from ray.tune import ExperimentAnalysis
 from sweeper import cli, report
 from sweeper.config import load_config
 from sweeper.sweep import run_sweep, trial_spectra
-from tests.conftest import tiny_config_data
+from tests.helpers import tiny_config_data
 from tests.test_engine_ood import _digits_variant
 
 pytestmark = pytest.mark.usefixtures("ray_local")

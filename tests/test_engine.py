@@ -120,3 +120,17 @@ def test_collapse_abort_stops_a_collapsing_trial_only(digits) -> None:
 
     healthy = list(Trainer(load_config(data=data), data=digits).epochs())
     assert healthy[-1].status == "ok" and healthy[-1].epoch == 8
+
+
+@pytest.mark.parametrize(("precision", "channels_last"), [("bf16", False), ("fp32", True), ("bf16", True)])
+def test_mixed_precision_and_channels_last_train_on_cpu(digits, precision, channels_last) -> None:
+    data = {**TINY, "train": {**TINY["train"], "epochs": 2, "precision": precision, "channels_last": channels_last}}
+    trainer = Trainer(load_config(data=data), data=digits)
+    assert (trainer.autocast_dtype is torch.bfloat16) == (precision == "bf16")
+    losses = [r.metrics["train/loss"] for r in trainer.epochs()]
+    assert all(math.isfinite(loss) for loss in losses)
+    # Evaluation stays fp32: RankMe is still exact.
+    rep, emb = trainer.method.embed(normalize(digits.train.images[:500]))
+    assert emb.dtype == torch.float32
+    final = trainer.history.rows[-1]
+    assert final["rankme/embedding"] == pytest.approx(_rankme_float64(emb.numpy()), rel=1e-6)

@@ -11,7 +11,7 @@ import torch
 from sweeper.config import load_config
 from sweeper.objective import make_objective
 from sweeper.sweep import run_sweep
-from tests.conftest import tiny_config_data
+from tests.helpers import tiny_config_data
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 

@@ -14,7 +14,7 @@ from scipy import stats
 from sweeper import report
 from sweeper.config import load_config
 from sweeper.report import SweepReport
-from tests.conftest import tiny_config_data
+from tests.helpers import tiny_config_data
 
 COV = "method.params.cov_weight"
 LINEAR, KNN, OOD = "oracle/linear/digits", "oracle/knn/digits", "oracle/linear/ood_mean"

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import tiny_config_data
+from tests.helpers import tiny_config_data
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 6

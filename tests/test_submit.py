@@ -12,7 +12,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import tiny_config_data
+from tests.helpers import tiny_config_data
 from tests.servers import BIN, free_port, start_mlflow, stop, wait_http
 
 pytestmark = pytest.mark.slow

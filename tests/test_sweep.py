@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from sweeper.config import load_config
 from sweeper.sweep import SweepError, run_sweep
-from tests.conftest import tiny_config_data
+from tests.helpers import tiny_config_data
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 

@@ -15,14 +15,10 @@ by the transpose.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from lightly.loss.vicreg_loss import invariance_loss, variance_loss
 
-from sweeper.methods.base import SSLMethod
-from sweeper.methods.vicreg_exp import exp_covariance_loss
-from sweeper.models import Backbone, build_projector
+from sweeper.methods.vicreg_exp import VICRegExp, exp_covariance_loss
 
 __all__ = ["VICRegCtr", "vicreg_ctr_loss"]
 
@@ -44,7 +40,7 @@ def vicreg_ctr_loss(
     return inv_weight * invariance_loss(z_a, z_b) + var_weight * var + cov_weight * cov
 
 
-class VICRegCtr(SSLMethod):
+class VICRegCtr(VICRegExp):
     """VICReg-ctr; embedding = expander output z (B, K).
 
     Args:
@@ -57,20 +53,6 @@ class VICRegCtr(SSLMethod):
 
     name = "vicreg_ctr"
 
-    def __init__(
-        self,
-        backbone: Backbone,
-        *,
-        projector: Sequence[int],
-        inv_weight: float,
-        var_weight: float,
-        cov_weight: float,
-        temperature: float,
-    ) -> None:
-        super().__init__(backbone, build_projector(backbone.dim, projector), embedding_dim=projector[-1])
-        self.weights = {"inv_weight": inv_weight, "var_weight": var_weight, "cov_weight": cov_weight}
-        self.temperature = temperature
-
-    def training_loss(self, views: Sequence[torch.Tensor], *, progress: float) -> torch.Tensor:
-        z_a, z_b = (self.projector(self.backbone(view)) for view in views)
-        return vicreg_ctr_loss(z_a, z_b, temperature=self.temperature, **self.weights)
+    @staticmethod
+    def loss(z_a: torch.Tensor, z_b: torch.Tensor, **weights: float) -> torch.Tensor:
+        return vicreg_ctr_loss(z_a, z_b, **weights)

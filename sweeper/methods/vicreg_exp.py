@@ -89,6 +89,10 @@ class VICRegExp(SSLMethod):
         self.weights = {"inv_weight": inv_weight, "var_weight": var_weight, "cov_weight": cov_weight}
         self.temperature = temperature
 
+    @staticmethod
+    def loss(z_a: torch.Tensor, z_b: torch.Tensor, **weights: float) -> torch.Tensor:
+        return vicreg_exp_loss(z_a, z_b, **weights)
+
     def training_loss(self, views: Sequence[torch.Tensor], *, progress: float) -> torch.Tensor:
         z_a, z_b = (self.projector(self.backbone(view)) for view in views)
-        return vicreg_exp_loss(z_a, z_b, temperature=self.temperature, **self.weights)
+        return self.loss(z_a, z_b, temperature=self.temperature, **self.weights)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import tiny_config_data
+from tests.helpers import tiny_config_data
 
 REPO = Path(__file__).resolve().parents[2]
 

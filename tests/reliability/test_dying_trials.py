@@ -14,7 +14,7 @@ import pytest
 
 from sweeper.config import load_config
 from sweeper.sweep import run_sweep
-from tests.conftest import tiny_config_data
+from tests.helpers import tiny_config_data
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
 EPOCHS = 8

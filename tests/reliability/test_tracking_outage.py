@@ -13,7 +13,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import tiny_config_data
+from tests.helpers import tiny_config_data
 from tests.servers import free_port, start_mlflow, stop
 
 pytestmark = pytest.mark.slow
