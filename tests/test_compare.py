@@ -130,7 +130,7 @@ def test_compare_several_sweeps_and_a_partly_finished_one(finished, tmp_path, ca
     names = ["tiny-copy", "tiny-partial"]
     assert cli.main(["compare", *names, "--storage-path", str(storage), "--out", str(tmp_path / "cmp")]) == 0
     out = capsys.readouterr().out
-    assert "Partly finished: 1 of 2 trials unfinished (1 pending)" in out
+    assert "Partly finished: 1 of 2 trials unfinished (1 running)" in out  # it has reported epochs
     assert "**1 unfinished (partial)**" in out
     assert out.count("not logged:") == 2 and "has no parent run 'tiny-copy'" in out
     assert "| selection rule | tiny-copy | tiny-partial | mean gap |" in out
