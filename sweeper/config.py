@@ -376,7 +376,23 @@ def load_config(
             raise ConfigError(f"{file}: the top level must be a mapping of keys (name:, data:, ...)")
     if not isinstance(overrides, Mapping):
         overrides = parse_overrides(overrides)
-    return _validate(_apply(copy.deepcopy(dict(data)), overrides))
+    config = _validate(_apply(copy.deepcopy(dict(data)), overrides))
+    _check_search_values(config)
+    return config
+
+
+def _check_search_values(config: SweeperConfig) -> None:
+    """Every value a trial can receive must make a valid config: a bad grid value (or range
+    bound) fails here, not inside a trial hours into the sweep."""
+    for key, spec in config.search.space.items():
+        candidates = spec.values if spec.values is not None else [spec.low, spec.high]
+        for value in candidates:
+            if spec.integer and value is not None:
+                value = int(value)
+            try:
+                _validate(_apply(config.to_dict(), {key: value}))
+            except ConfigError as exc:
+                raise ConfigError(f"search.space.{key}: value {value!r} is invalid ({exc})") from None
 
 
 def _validate(data: dict[str, Any]) -> SweeperConfig:

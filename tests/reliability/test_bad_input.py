@@ -95,6 +95,12 @@ CASES = [
         "is unreachable",
     ),
     ("unreachable Ray address", lambda d: d, ["--address", f"127.0.0.1:{_closed_port()}"], "is unreachable"),
+    (
+        "invalid grid value",
+        lambda d: _set(d, "search.space", {"method.params.cov_weight": {"values": [1.0, -2.0]}}),
+        [],
+        "search.space.method.params.cov_weight: value -2.0 is invalid",
+    ),
     ("resources no node has", lambda d: _set(d, "search.resources", {"cpu": 1, "gpu": 2}), [], "2 GPU per trial"),
 ]
 
