@@ -39,6 +39,19 @@ def _epochs_reported(directory: Path) -> dict[str, list[int]]:
     return reported
 
 
+def _recorded_finished(directory: Path) -> set[str]:
+    """Trials Ray Tune's newest experiment-state snapshot on disk records as TERMINATED."""
+    states = sorted(directory.glob("experiment_state-*.json")) if directory.exists() else []
+    if not states:
+        return set()
+    try:
+        document = json.loads(states[-1].read_text())
+    except json.JSONDecodeError:  # caught mid-write
+        return set()
+    trials = [json.loads(entry[0]) for entry in document["trial_data"]]
+    return {trial["trial_id"] for trial in trials if trial["status"] == "TERMINATED"}
+
+
 @pytest.mark.slow
 def test_sigkill_then_resume_loses_and_repeats_nothing(tmp_path: Path) -> None:
     data = tiny_config_data(tmp_path, name="killed")
@@ -53,9 +66,8 @@ def test_sigkill_then_resume_loses_and_repeats_nothing(tmp_path: Path) -> None:
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         reported = _epochs_reported(directory) if directory.exists() else {}
-        finished = [t for t, epochs in reported.items() if epochs and epochs[-1] == EPOCHS]
         midway = [t for t, epochs in reported.items() if epochs and CHECKPOINT_EVERY < epochs[-1] < EPOCHS]
-        if finished and midway:
+        if _recorded_finished(directory) and midway:
             break
         assert driver.poll() is None, driver.stdout.read()
         time.sleep(0.2)
@@ -65,6 +77,11 @@ def test_sigkill_then_resume_loses_and_repeats_nothing(tmp_path: Path) -> None:
     driver.wait(timeout=30)
     time.sleep(2)
     before = _epochs_reported(directory)
+    # Finished = what Ray Tune's experiment state had recorded as TERMINATED when the driver died
+    # (a trial that reported its last epoch a moment before the kill may still replay its last
+    # checkpoint interval; MLflow keeps one point per epoch either way, checked below).
+    finished = _recorded_finished(directory)
+    assert finished
 
     resumed = _cli("resume", str(directory), "--quiet", cwd=tmp_path)
     output, _ = resumed.communicate(timeout=400)
@@ -74,8 +91,8 @@ def test_sigkill_then_resume_loses_and_repeats_nothing(tmp_path: Path) -> None:
     # Finished trials are not retrained; interrupted ones continue from a checkpoint epoch.
     assert len(after) == 4
     for trial_id, epochs in before.items():
-        if epochs and epochs[-1] == EPOCHS:
-            assert after[trial_id] == epochs, f"{trial_id} was retrained"
+        if trial_id in finished:
+            assert epochs[-1] == EPOCHS and after[trial_id] == epochs, f"{trial_id} was retrained"
         else:
             new = after[trial_id][len(epochs):]
             assert new[-1] == EPOCHS
