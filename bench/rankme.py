@@ -97,9 +97,7 @@ def _run_child(method: str, args: argparse.Namespace, k: int) -> dict[str, float
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=25_600, help="rows N (default 25 600, the paper's)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 2048, 8192], help="dimensions K")
     parser.add_argument(
@@ -128,10 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, best of {args.repeats} "
         f"alternating runs, load average {os.getloadavg()[0]:.1f}\n"
     )
-    print(
-        "| K | ours (s) | snippet (s) | speed-up | rel. diff "
-        "| ours peak extra (MiB) | snippet peak extra (MiB) |"
-    )
+    print("| K | ours (s) | snippet (s) | speed-up | rel. diff | ours peak extra (MiB) | snippet peak extra (MiB) |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for k in args.sizes:
         skip = args.skip_snippet_above is not None and k > args.skip_snippet_above

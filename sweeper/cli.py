@@ -83,6 +83,9 @@ def _parser() -> argparse.ArgumentParser:
     resume.add_argument("sweep", help="sweep directory, or sweep name under --storage-path")
     resume.add_argument("--storage-path", default="./sweeps", help="where to look for a sweep name")
     resume.add_argument("--address", help="existing Ray cluster: auto or ray://HOST:10001")
+    resume.add_argument(
+        "--num-samples", type=int, help="grow the sweep to this many trials (grid: repeats of the grid)"
+    )
     resume.add_argument("--quiet", action="store_true", help="no per-trial progress lines")
     resume.set_defaults(handler=_resume)
 
@@ -163,6 +166,8 @@ def _resume(args: argparse.Namespace) -> int:
     from sweeper.sweep import load_sweep_config
 
     config = load_sweep_config(args.sweep, storage_path=args.storage_path)
+    if args.num_samples is not None:
+        config = config.with_overrides({"search.num_samples": args.num_samples})
     return _sweep_and_print(config, address=args.address, resume=True, quiet=args.quiet)
 
 

@@ -41,13 +41,9 @@ __all__ = [
 ]
 
 DatasetName = Literal["digits", "cifar10", "cifar100", "stl10", "imagefolder"]
-MethodName = Literal[
-    "simclr", "vicreg", "vicreg_exp", "vicreg_ctr", "barlow_twins", "byol", "dino", "swav", "carp"
-]
+MethodName = Literal["simclr", "vicreg", "vicreg_exp", "vicreg_ctr", "barlow_twins", "byol", "dino", "swav", "carp"]
 BackboneName = Literal["small_cnn", "resnet18", "resnet50", "vit_s16"]
-LabelFreeName = Literal[
-    "rankme", "classical_rank", "alpha_req", "lidar", "nesum", "stable_rank", "self_clustering"
-]
+LabelFreeName = Literal["rankme", "classical_rank", "alpha_req", "lidar", "nesum", "stable_rank", "self_clustering"]
 LABEL_FREE_METRICS: tuple[str, ...] = LabelFreeName.__args__  # type: ignore[attr-defined]
 
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -72,16 +68,40 @@ class DataConfig(_Strict):
     root: Path | None = None
     image_size: Annotated[int, Field(ge=8, le=1024)] = 16
     flip: bool | None = None  # None: on for natural images, off for digits (digits are not symmetric)
-    num_workers: NonNegativeInt = 0
+    # Area range of the global views' random resized crops; None: (0.3, 1), or with multi-crop
+    # (method.params.num_local_crops > 0) (local_crop_scale[1], 1) as DINO (0.4, 1) and SwAV (0.14, 1).
+    crop_scale: tuple[float, float] | None = None
+    local_crop_scale: tuple[float, float] = (0.05, 0.4)  # multi-crop local views (DINO; SwAV: 0.05-0.14)
+    local_crop_size: Annotated[int, Field(ge=4)] | None = None  # None: image_size · 96/224, as DINO/SwAV
+    # imagefolder: decode into memory (true), stream from disk through DataLoader workers (false),
+    # or auto: stream when the decoded train/ split would exceed 4 GiB (e.g. ImageNet).
+    in_memory: bool | Literal["auto"] = "auto"
+    num_workers: NonNegativeInt | None = None  # decoding workers; None: min(4, CPUs - 1)
+
+    @field_validator("crop_scale", "local_crop_scale")
+    @classmethod
+    def _area_range(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not 0 < value[0] < value[1] <= 1:
+            raise ValueError(f"an area range [low, high] with 0 < low < high <= 1 expected, got {list(value)}")
+        return value
+
+    @model_validator(mode="after")
+    def _local_crops_and_streaming(self) -> DataConfig:
+        if self.local_crop_size is not None and self.local_crop_size > self.image_size:
+            raise ValueError(
+                f"local_crop_size {self.local_crop_size} exceeds image_size {self.image_size}: "
+                "local crops are the small views"
+            )
+        if self.in_memory is False and self.dataset != "imagefolder":
+            raise ValueError(f"in_memory: false (streaming) is for imagefolder roots; {self.dataset} fits in memory")
+        return self
 
     @model_validator(mode="after")
     def _root_exists(self) -> DataConfig:
         if self.dataset == "digits":
             return self
         if self.root is None:
-            raise ValueError(
-                f"dataset {self.dataset!r} needs a local data root: set data.root to its directory"
-            )
+            raise ValueError(f"dataset {self.dataset!r} needs a local data root: set data.root to its directory")
         if not Path(self.root).expanduser().is_dir():
             raise ValueError(
                 f"data root {str(self.root)!r} does not exist: point data.root at the "
@@ -98,9 +118,7 @@ class MethodConfig(_Strict):
     def _typed_params(self) -> MethodConfig:
         model = METHOD_PARAMS.get(self.name)
         if model is None:
-            raise ValueError(
-                f"method {self.name!r} is not implemented yet; available: {sorted(METHOD_PARAMS)}"
-            )
+            raise ValueError(f"method {self.name!r} is not implemented yet; available: {sorted(METHOD_PARAMS)}")
         unknown = set(self.params) - set(model.model_fields)
         if unknown:
             key = sorted(unknown)[0]
@@ -131,7 +149,7 @@ class TrainConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # Mixed precision: auto = bf16 autocast on a CUDA device that supports it, else fp32.
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    channels_last: bool | None = None  # None = on for CUDA (tensor cores), off on CPU
+    channels_last: bool | None = None  # None = on (CUDA tensor cores; oneDNN on CPU)
 
 
 class CollapseConfig(_Strict):
@@ -204,8 +222,7 @@ class SearchConfig(_Strict):
         if value is None or value.startswith("journal:") or "://" in value:
             return value
         raise ValueError(
-            f"unknown storage {value!r}: use an RDB URL (sqlite:///optuna.db, postgresql://...) "
-            "or journal:PATH"
+            f"unknown storage {value!r}: use an RDB URL (sqlite:///optuna.db, postgresql://...) or journal:PATH"
         )
 
     def suggest(self, trial: Any) -> dict[str, Any]:
@@ -228,9 +245,7 @@ class SearchConfig(_Strict):
     @field_validator("objective")
     @classmethod
     def _known_objective(cls, value: str) -> str:
-        if value in {"rankme/embedding", "rankme/representation"} or value.startswith(
-            ("oracle/", "label_free/")
-        ):
+        if value in {"rankme/embedding", "rankme/representation"} or value.startswith(("oracle/", "label_free/")):
             return value
         raise ValueError(
             f"unknown objective {value!r}: use rankme/embedding, rankme/representation, "
@@ -282,6 +297,18 @@ class SweeperConfig(_Strict):
     search: SearchConfig = Field(default_factory=SearchConfig)
     selection: SelectionConfig = Field(default_factory=SelectionConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @field_validator("storage_path")
+    @classmethod
+    def _mounted_storage(cls, value: str) -> str:
+        # Ray Tune could write trials to object storage, but the sweep's own files (sweeper.yaml,
+        # trials.csv, the report) and resume/status/compare read a directory.
+        if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", value):
+            raise ValueError(
+                f"{value!r}: object storage URIs are not supported; mount the bucket on every node "
+                "(s3fs, gcsfuse, an NFS export) and give the mount path, e.g. storage_path: /shared/sweeps"
+            )
+        return value
 
     @field_validator("name")
     @classmethod

@@ -23,9 +23,10 @@ import numpy as np
 import torch
 from lightly.utils.lars import LARS
 from lightly.utils.scheduler import CosineWarmupScheduler
+from torch.utils.data import DataLoader
 
 from sweeper.config import SweeperConfig
-from sweeper.data import DatasetSplits, LabelledImages, MultiViewAugment, load_dataset
+from sweeper.data import DatasetSplits, LabelledImages, MultiViewAugment, StreamedImages, load_dataset
 from sweeper.data.augment import normalize
 from sweeper.methods import SSLMethod, build_method
 from sweeper.metrics import EmbeddingStats, lidar, rankme, singular_values
@@ -102,14 +103,34 @@ class Trainer:
         self.method: SSLMethod = build_method(config, in_channels=self.data.channels).to(self.device)
         self.autocast_dtype = _autocast_dtype(config.train.precision, self.device)
         cuda = self.device.type == "cuda"
-        self.channels_last = config.train.channels_last if config.train.channels_last is not None else cuda
+        # Channels-last by default on CPU too: oneDNN's convolutions then skip the NCHW reorders
+        # of every call, forward and backward (small CNN on digits: +15-50 % images/s; ResNet-18
+        # unchanged; bench/throughput.py).
+        self.channels_last = config.train.channels_last if config.train.channels_last is not None else True
         if self.channels_last:
             self.method = self.method.to(memory_format=torch.channels_last)
         flip = config.data.flip if config.data.flip is not None else self.data.natural_images
-        self.augment = MultiViewAugment(num_views=self.method.num_views, flip=flip)
-        self.train_images = self.data.train.images.to(self.device)
-        self.batch_size = min(config.train.batch_size, len(self.train_images))
-        self.steps_per_epoch = len(self.train_images) // self.batch_size
+        self.augment = _augmentation(config, self.method, flip=flip)
+        self.batch_size = min(config.train.batch_size, len(self.data.train))
+        self.steps_per_epoch = len(self.data.train) // self.batch_size
+        self.pin_memory = cuda
+        # In-memory data lives on the device (the fast path); streamed data comes through the
+        # loader's workers, drop_last as the in-memory epochs, shuffled by its own generator
+        # (reseeded every epoch, so that a resumed trial sees the same batches).
+        self.train_images: torch.Tensor | None = None
+        self.train_loader: DataLoader | None = None
+        self._shuffle = torch.Generator()
+        if isinstance(self.data.train, StreamedImages):
+            self.train_loader = self.data.train.loader(
+                self.batch_size,
+                shuffle=True,
+                drop_last=True,
+                pin_memory=cuda,
+                persistent=True,
+                generator=self._shuffle,
+            )
+        else:
+            self.train_images = self.data.train.images.to(self.device)
         self.total_steps = self.steps_per_epoch * config.train.epochs
         self.optimizer = _optimizer(config, self.method)
         self.scheduler = CosineWarmupScheduler(
@@ -168,12 +189,41 @@ class Trainer:
         recent = [*ranks, rank][-collapse.patience :]
         return len(recent) == collapse.patience and all(r < threshold for r in recent)
 
+    def _train_batches(self) -> Iterator[torch.Tensor]:
+        """One epoch of shuffled training batches on the device, float in [0, 1]."""
+        if self.train_loader is not None:
+            epoch_seed = np.random.SeedSequence([self.config.seed, self.epoch]).generate_state(1)[0]
+            self._shuffle.manual_seed(int(epoch_seed))
+            for images, _ in self.train_loader:
+                yield self._on_device(images)
+            return
+        assert self.train_images is not None
+        order = torch.randperm(len(self.train_images), device=self.device)
+        for step in range(self.steps_per_epoch):
+            yield self.train_images[order[step * self.batch_size : (step + 1) * self.batch_size]]
+
+    def _on_device(self, images: torch.Tensor) -> torch.Tensor:
+        """A loader's batch (uint8 from a streamed split) on the device as float in [0, 1]."""
+        images = images.to(self.device, non_blocking=self.pin_memory)
+        return images.float().div_(255) if images.dtype == torch.uint8 else images
+
+    def _clean_batches(
+        self, split: LabelledImages | StreamedImages, *, limit: int | None = None
+    ) -> Iterator[torch.Tensor]:
+        """The first ``limit`` images of ``split`` (all by default), in order, as device batches
+        of up to ``_EVAL_BATCH`` in [0, 1] with the backbone's channels: for evaluation."""
+        if isinstance(split, StreamedImages):
+            for images, _ in split.loader(_EVAL_BATCH, pin_memory=self.pin_memory, limit=limit):
+                yield _to_channels(self._on_device(images), self.data.channels)
+            return
+        images = self.train_images if split is self.data.train and self.train_images is not None else split.images
+        for chunk in images[:limit].split(_EVAL_BATCH):
+            yield chunk.to(self.device)
+
     def _train_one_epoch(self) -> float:
         self.method.train()
-        order = torch.randperm(len(self.train_images), device=self.device)
         total = torch.zeros((), device=self.device)
-        for step in range(self.steps_per_epoch):
-            batch = self.train_images[order[step * self.batch_size : (step + 1) * self.batch_size]]
+        for step, batch in enumerate(self._train_batches()):
             progress = (self.epoch * self.steps_per_epoch + step) / max(self.total_steps, 1)
             views = self.augment(batch)
             if self.channels_last:
@@ -200,13 +250,12 @@ class Trainer:
         ``evaluation.rankme_samples`` clean training images."""
         started = time.perf_counter()
         evaluation = self.config.evaluation
-        samples = self.train_images[: evaluation.rankme_samples]
         peers = [name for name in evaluation.label_free if name not in {"rankme", "lidar"}]
         embedding = EmbeddingStats(self.method.embedding_dim, device=self.device, metrics=("rankme", *peers))
         representation = EmbeddingStats(self.method.representation_dim, device=self.device, metrics=("rankme",))
         self.method.eval()
-        for start in range(0, len(samples), _EVAL_BATCH):
-            rep, emb = self.method.embed(normalize(samples[start : start + _EVAL_BATCH]))
+        for batch in self._clean_batches(self.data.train, limit=evaluation.rankme_samples):
+            rep, emb = self.method.embed(normalize(batch))
             embedding.update(emb)
             representation.update(rep)
         emb_metrics = embedding.compute(("rankme", *peers))
@@ -229,33 +278,28 @@ class Trainer:
     def _lidar(self) -> float:
         """LiDAR on n clean samples × q views drawn with the training augmentations."""
         evaluation = self.config.evaluation
-        samples = self.train_images[: evaluation.lidar_samples]
         views = [
             torch.stack(
                 [self.method.embed(normalize(self.augment.view(chunk)))[1] for _ in range(evaluation.lidar_views)],
                 dim=1,
             )
-            for chunk in samples.split(_EVAL_BATCH)
+            for chunk in self._clean_batches(self.data.train, limit=evaluation.lidar_samples)
         ]
         return lidar(torch.cat(views))
 
     @torch.no_grad()
     def embedding_spectrum(self) -> list[float]:
         """Singular values (descending) of the embeddings RankMe is computed on, for plots."""
-        samples = self.train_images[: self.config.evaluation.rankme_samples]
+        samples = self._clean_batches(self.data.train, limit=self.config.evaluation.rankme_samples)
         self.method.eval()
-        z = torch.cat([self.method.embed(normalize(chunk))[1] for chunk in samples.split(_EVAL_BATCH)])
+        z = torch.cat([self.method.embed(normalize(chunk))[1] for chunk in samples])
         return singular_values(z).tolist()
 
     @torch.no_grad()
-    def representations(self, images: LabelledImages) -> torch.Tensor:
+    def representations(self, images: LabelledImages | StreamedImages) -> torch.Tensor:
         """Frozen backbone features (N, D) of clean images, on the training device."""
         self.method.eval()
-        chunks = [
-            self.method.embed(normalize(images.images[start : start + _EVAL_BATCH].to(self.device)))[0]
-            for start in range(0, len(images), _EVAL_BATCH)
-        ]
-        return torch.cat(chunks)
+        return torch.cat([self.method.embed(normalize(batch))[0] for batch in self._clean_batches(images)])
 
     def evaluate_oracle(self) -> dict[str, float]:
         """Labelled probes on the frozen backbone (for comparison with RankMe only).
@@ -315,10 +359,13 @@ class Trainer:
             while name in names:
                 name, suffix = f"{splits.name}-{suffix}", suffix + 1
             names.add(name)
-            train, test = (
-                LabelledImages(_to_channels(part.images, channels), part.labels) for part in (splits.train, splits.test)
-            )
-            loaded.append(replace(splits, name=name, train=train, test=test))
+            if not splits.streamed:  # streamed splits are converted batch by batch
+                train, test = (
+                    LabelledImages(_to_channels(part.images, channels), part.labels)
+                    for part in (splits.train, splits.test)
+                )
+                splits = replace(splits, train=train, test=test)
+            loaded.append(replace(splits, name=name))
         return loaded
 
     def _timing(self) -> dict[str, float]:
@@ -349,6 +396,25 @@ class Trainer:
         self.eval_seconds = float(state.get("eval_seconds", 0.0))
         self.train_seconds = float(state.get("train_seconds", 0.0))
         _set_rng_state(state["rng"])
+
+
+def _augmentation(config: SweeperConfig, method: SSLMethod, *, flip: bool) -> MultiViewAugment:
+    """The method's views: global views at ``data.image_size`` and, for multi-crop, local views
+    at ``data.local_crop_size`` (default: image_size · 96/224, the DINO/SwAV ratio) from
+    ``data.local_crop_scale``; the global crops then default to (local high, 1) (DINO: (0.4, 1))."""
+    data = config.data
+    local = method.num_local_views
+    scale = data.crop_scale
+    if scale is None and local:
+        scale = (data.local_crop_scale[1], 1.0)
+    return MultiViewAugment(
+        num_views=method.num_views - local,
+        num_local_views=local,
+        local_size=data.local_crop_size or max(4, round(data.image_size * 96 / 224)),
+        local_crop_scale=data.local_crop_scale,
+        flip=flip,
+        **({"crop_scale": scale} if scale is not None else {}),
+    )
 
 
 def _to_channels(images: torch.Tensor, channels: int) -> torch.Tensor:

@@ -101,7 +101,8 @@ class DINOParams(MethodParams):
     ``head_batch_norm``: BatchNorm in the head's hidden layers (the DINO code's ``use_bn_in_head``,
     off by default and for ViTs; convnets on small images need it for diverse initial outputs).
     ``num_local_crops``: multi-crop small views seen by the student only (paper: 10, RankMe: 6;
-    0 = the two global views only, which is all the current augmentation provides).
+    0 = the two global views only); their size and area range are ``data.local_crop_size`` and
+    ``data.local_crop_scale``.
     """
 
     num_prototypes: PositiveInt = 65536
@@ -125,7 +126,8 @@ class SwAVParams(MethodParams):
     ``queue_length``: a queue of past embeddings per global view joins the Sinkhorn batch once
     full (the paper: 3840 for batches of 256; 0 = off, the paper's batch-4096 setting), started
     after the ``queue_start`` fraction of training (epoch 15 of 100 in the paper's code).
-    ``num_local_crops``: multi-crop small views (paper: 6; 0 = two views only).
+    ``num_local_crops``: multi-crop small views (paper: 6 of 96² from area 0.05-0.14, set by
+    ``data.local_crop_size``/``data.local_crop_scale``; 0 = two views only).
     """
 
     num_prototypes: PositiveInt = 3000

@@ -26,9 +26,7 @@ from sweeper.trainable import objective_value
 __all__ = ["make_objective"]
 
 
-def make_objective(
-    config: SweeperConfig, *, data: DatasetSplits | None = None
-) -> Callable[[optuna.Trial], float]:
+def make_objective(config: SweeperConfig, *, data: DatasetSplits | None = None) -> Callable[[optuna.Trial], float]:
     """Return ``f(trial) -> float`` for ``optuna.Study.optimize``.
 
     Args:

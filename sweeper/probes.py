@@ -70,9 +70,7 @@ def linear_probe_accuracy(
     labels = train_labels.to(device)
     num_classes = int(max(train_labels.max(), test_labels.max())) + 1
     classifier = torch.nn.Linear(train.shape[1], num_classes).to(device)
-    optimizer = torch.optim.SGD(
-        classifier.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay
-    )
+    optimizer = torch.optim.SGD(classifier.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
     steps_per_epoch = -(-len(train) // batch_size)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * steps_per_epoch)
     for _ in range(epochs):

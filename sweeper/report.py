@@ -180,9 +180,7 @@ class SweepReport:
     def id_metric(self) -> str | None:
         """The in-distribution accuracy of the Table-1 summary: linear probe, else k-NN."""
         name = id_dataset(self.config)
-        return next(
-            (c for c in (f"oracle/linear/{name}", f"oracle/knn/{name}") if c in self.table.columns), None
-        )
+        return next((c for c in (f"oracle/linear/{name}", f"oracle/knn/{name}") if c in self.table.columns), None)
 
     @property
     def oracle_metrics(self) -> list[str]:
@@ -247,15 +245,10 @@ class SweepReport:
         gaps = gap_to_oracle(self.table, self.picks, oracle_metric=metric, params=params)
         configs = aggregate_seeds(self.table, params=params)
         values = dict(zip(map(tuple, configs["trial_ids"]), configs[metric], strict=True))
-        return {
-            rule: (float(values.get(pick.trial_ids, math.nan)), gaps[rule])
-            for rule, pick in self.picks.items()
-        }
+        return {rule: (float(values.get(pick.trial_ids, math.nan)), gaps[rule]) for rule, pick in self.picks.items()}
 
 
-def summary_rows(
-    table: pd.DataFrame, picks: Mapping[str, Pick], config: SweeperConfig
-) -> list[dict[str, Any]]:
+def summary_rows(table: pd.DataFrame, picks: Mapping[str, Pick], config: SweeperConfig) -> list[dict[str, Any]]:
     """One row per rule: its pick, the picked configuration's oracle accuracies and gaps."""
     report = SweepReport(config, table, picks)
     scores = {metric: report.pick_scores(metric) for metric in report.oracle_metrics}
@@ -367,9 +360,7 @@ def format_summary(table: pd.DataFrame, picks: Mapping[str, Pick], config: Sweep
             ("kendall_tau", "kendall_p", "Kendall τ"),
             ("spearman_rho", "spearman_p", "Spearman ρ"),
         ):
-            cells = corr.assign(
-                cell=[_coefficient(r, p) for r, p in zip(corr[statistic], corr[p_value], strict=True)]
-            )
+            cells = corr.assign(cell=[_coefficient(r, p) for r, p in zip(corr[statistic], corr[p_value], strict=True)])
             pivot = cells.pivot(index="metric", columns="oracle", values="cell")
             pivot = pivot.loc[list(dict.fromkeys(corr["metric"])), list(dict.fromkeys(corr["oracle"]))]
             lines += [_markdown(pivot.reset_index().rename(columns={"metric": title})), ""]
@@ -460,9 +451,7 @@ def format_comparison(reports: Sequence[SweepReport]) -> str:
     """Markdown of the Table-1-style comparison of several sweeps (rules x sweeps)."""
     names = _unique_names(reports)
     rows = [
-        {**row, "column": name}
-        for name, sweep in zip(names, reports, strict=True)
-        for row in comparison_rows([sweep])
+        {**row, "column": name} for name, sweep in zip(names, reports, strict=True) for row in comparison_rows([sweep])
     ]
     lines = ["## Oracle vs label-free selection", ""]
     if not rows:
@@ -580,9 +569,7 @@ def write_atomic(path: Path, text: str) -> Path:
 
 
 def _label_free_columns(columns: Sequence[str]) -> list[str]:
-    return [c for c in _RANK_COLUMNS if c in columns] + sorted(
-        c for c in columns if c.startswith("label_free/")
-    )
+    return [c for c in _RANK_COLUMNS if c in columns] + sorted(c for c in columns if c.startswith("label_free/"))
 
 
 def _trial_columns(report: SweepReport) -> list[str]:
@@ -632,9 +619,7 @@ def _correlation_overview(reports: Sequence[SweepReport], names: Sequence[str]) 
             cells.setdefault(row.metric, {})[name] = text
     if not cells:
         return []
-    frame = pd.DataFrame(
-        [{"metric": metric, **{n: row.get(n, "-") for n in names}} for metric, row in cells.items()]
-    )
+    frame = pd.DataFrame([{"metric": metric, **{n: row.get(n, "-") for n in names}} for metric, row in cells.items()])
     return [
         "Rank correlation of each label-free metric with the in-distribution accuracy, over the "
         "eligible trials (Kendall τ, Spearman ρ; per-sweep reports list every oracle metric and "
@@ -775,9 +760,7 @@ def _panel_metrics(report: SweepReport) -> list[str]:
 
 def _figure_along_param(reports: Sequence[SweepReport]) -> Any:
     """Each sweep's label-free metrics along its swept hyperparameter (one row per sweep)."""
-    usable = [
-        r for r in reports if r.param and r.rank_metric and len(r.eligible()) and r.param in r.table.columns
-    ]
+    usable = [r for r in reports if r.param and r.rank_metric and len(r.eligible()) and r.param in r.table.columns]
     if not usable:
         return None
     width = max(len(_panel_metrics(r)) for r in usable)
@@ -834,9 +817,7 @@ def _draw_along_param(report: SweepReport, axes: Sequence[Any]) -> None:
         if metric == _ALPHA:
             ax.axhline(1.0, color="tab:green", linestyle=":", label="α-ReQ target α = 1")
         for x, probes in oracle_at.items():
-            ax.axvline(
-                x, color="tab:red", linestyle=":", linewidth=1.3, label=f"oracle pick ({', '.join(probes)})"
-            )
+            ax.axvline(x, color="tab:red", linestyle=":", linewidth=1.3, label=f"oracle pick ({', '.join(probes)})")
         for rule, pick in report.picks.items():
             value = pick.params.get(param)
             if rule.startswith("oracle/") or pick.metric != metric or value not in set(configs[param]):
@@ -880,9 +861,7 @@ def _legend_below(
     """The axes' legend under it (outside the data, inside the constrained layout)."""
     if handles is None or labels is None:
         handles, labels = ax.get_legend_handles_labels()
-    ax.legend(
-        handles, labels, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=ncol, frameon=False
-    )
+    ax.legend(handles, labels, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=ncol, frameon=False)
 
 
 def _figure_accuracy_vs_rankme(reports: Sequence[SweepReport]) -> Any:
@@ -903,12 +882,8 @@ def _figure_accuracy_vs_rankme(reports: Sequence[SweepReport]) -> Any:
                 continue
             trials = report.eligible()
             corr = correlations(report)
-            tau = corr.loc[
-                (corr["metric"] == "rankme/embedding") & (corr["oracle"] == accuracy), "kendall_tau"
-            ]
-            label = report.name + (
-                f" (τ={tau.iloc[0]:+.2f})" if len(tau) and np.isfinite(tau.iloc[0]) else ""
-            )
+            tau = corr.loc[(corr["metric"] == "rankme/embedding") & (corr["oracle"] == accuracy), "kendall_tau"]
+            label = report.name + (f" (τ={tau.iloc[0]:+.2f})" if len(tau) and np.isfinite(tau.iloc[0]) else "")
             ax.scatter(trials[rank], 100 * trials[accuracy], color=colour, alpha=0.75, label=label)
             for rule in ("rankme/plateau", "oracle/linear" if kind == "id" else "oracle/ood"):
                 pick = report.picks.get(rule)
@@ -925,9 +900,7 @@ def _figure_accuracy_vs_rankme(reports: Sequence[SweepReport]) -> Any:
                     edgecolor=colour,
                     linewidth=1.8,
                 )
-        ax.scatter(
-            [], [], marker="*", s=120, facecolor="none", edgecolor="black", label="RankMe plateau pick"
-        )
+        ax.scatter([], [], marker="*", s=120, facecolor="none", edgecolor="black", label="RankMe plateau pick")
         ax.scatter(
             [],
             [],
@@ -947,11 +920,7 @@ def _figure_accuracy_vs_rankme(reports: Sequence[SweepReport]) -> Any:
 
 def _figure_spectra(reports: Sequence[SweepReport]) -> Any:
     """Log-log singular-value spectra (σ_k / σ_1) of each sweep's trials, picks highlighted."""
-    usable = [
-        r
-        for r in reports
-        if len(r.table) and any(len(r.spectra.get(t, ())) for t in r.eligible()["trial_id"])
-    ]
+    usable = [r for r in reports if len(r.table) and any(len(r.spectra.get(t, ())) for t in r.eligible()["trial_id"])]
     if not usable:
         return None
     figure, axes = _new_figure(len(usable))

@@ -145,11 +145,7 @@ def aggregate_seeds(
     names = _names(params)
     keys = _group_keys(names, seed_keys)
     excluded = {_TRIAL_ID, _STATUS, *names, *seed_keys}
-    metrics = [
-        column
-        for column in table.columns
-        if column not in excluded and _is_numeric(table[column])
-    ]
+    metrics = [column for column in table.columns if column not in excluded and _is_numeric(table[column])]
     groups = _collect(table, params=names, seed_keys=seed_keys, metrics=metrics)
     columns = [*keys, *metrics, _TRIAL_IDS, _N_TRIALS]
     records = [
@@ -190,9 +186,7 @@ def select_max(
     configs = _scored(table, params=names, seed_keys=seed_keys, metric=metric)
     if not configs:
         return None
-    return _pick(
-        "max", metric, _group_keys(names, seed_keys), min(configs, key=_max_key)
-    )
+    return _pick("max", metric, _group_keys(names, seed_keys), min(configs, key=_max_key))
 
 
 def select_plateau(
@@ -258,8 +252,7 @@ def select_plateau(
     keys = _group_keys(names, seed_keys)
     if param not in keys:
         raise ValueError(
-            f"the plateau parameter {param!r} must be a searched, non-seed parameter; "
-            f"searched: {list(keys)}"
+            f"the plateau parameter {param!r} must be a searched, non-seed parameter; searched: {list(keys)}"
         )
     index = keys.index(param)
     configs = [
@@ -398,9 +391,7 @@ def select_all(
             if column in table.columns:
                 add(
                     rule,
-                    select_band(
-                        table, metric=column, params=names, seed_keys=seed_keys
-                    ),
+                    select_band(table, metric=column, params=names, seed_keys=seed_keys),
                 )
         elif rule.endswith("/min"):
             add(rule, minimum(column))
@@ -474,9 +465,7 @@ def _group_keys(params: Sequence[str], seed_keys: Sequence[str]) -> tuple[str, .
 
 
 def _is_numeric(column: pd.Series) -> bool:
-    return pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(
-        column
-    )
+    return pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column)
 
 
 def _normalise(value: object) -> object:
@@ -538,10 +527,7 @@ def _collect(
     rows = table.loc[status == _ELIGIBLE]
     keys = _group_keys(params, seed_keys)
     ids = [str(trial_id) for trial_id in rows[_TRIAL_ID].tolist()]
-    values = {
-        metric: pd.to_numeric(rows[metric], errors="coerce").to_numpy(dtype=float)
-        for metric in metrics
-    }
+    values = {metric: pd.to_numeric(rows[metric], errors="coerce").to_numpy(dtype=float) for metric in metrics}
     columns = [[_normalise(value) for value in rows[key].tolist()] for key in keys]
 
     positions: dict[tuple[object, ...], list[int]] = {}
@@ -552,9 +538,7 @@ def _collect(
         _Group(
             key=key,
             trial_ids=tuple(sorted(ids[row] for row in members)),
-            means={
-                metric: _finite_mean(array[members]) for metric, array in values.items()
-            },
+            means={metric: _finite_mean(array[members]) for metric, array in values.items()},
         )
         for key, members in positions.items()
     ]
@@ -578,17 +562,12 @@ def _scored(
     ]
 
 
-def _first_on_plateau(
-    pool: Sequence[_Config], *, index: int, tolerance: float, order: str
-) -> _Config:
+def _first_on_plateau(pool: Sequence[_Config], *, index: int, tolerance: float, order: str) -> _Config:
     """The first configuration along ``key[index]``'s order within tolerance of the max."""
     threshold = plateau_threshold(max(config.value for config in pool), tolerance)
     on_plateau = [config for config in pool if config.value >= threshold]
     ranks = {
-        value: rank
-        for rank, value in enumerate(
-            sorted({config.key[index] for config in on_plateau}, key=_order_key)
-        )
+        value: rank for rank, value in enumerate(sorted({config.key[index] for config in on_plateau}, key=_order_key))
     }
     sign = 1 if order == "ascending" else -1
     return min(

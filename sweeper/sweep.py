@@ -10,10 +10,12 @@ directory ``<storage_path>/<name>/`` and onto the MLflow parent run.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import logging
 import math
 import os
+import pickle
 import socket
 import time
 from collections import deque
@@ -25,7 +27,7 @@ from typing import Any
 import pandas as pd
 import ray
 import yaml
-from ray import tune
+from ray import cloudpickle, tune
 from ray.tune import ExperimentAnalysis
 from ray.tune.search.optuna import OptunaSearch
 
@@ -79,8 +81,7 @@ def preflight(config: SweeperConfig, *, resume: bool = False) -> None:
     directory = sweep_directory(config)
     if directory.exists() and not resume:
         raise SweepError(
-            f"sweep {config.name!r} already exists at {directory}: resume it with --resume, "
-            "or choose another --name"
+            f"sweep {config.name!r} already exists at {directory}: resume it with --resume, or choose another --name"
         )
     if resume:
         if not tune.Tuner.can_restore(str(directory)):
@@ -94,6 +95,12 @@ def preflight(config: SweeperConfig, *, resume: bool = False) -> None:
             raise SweepError(
                 f"cannot resume {config.name!r} with a different {changed[0]}: the saved config "
                 f"is {directory / CONFIG_FILE}; resume with `sweeper resume {directory}`"
+            )
+        had, wanted = saved.search.num_samples, config.search.num_samples
+        if wanted < had:
+            raise SweepError(
+                f"cannot resume {config.name!r} with search.num_samples={wanted}: it was started with {had} "
+                f"and a sweep can grow, not shrink; resume with search.num_samples >= {had}"
             )
     check_tracking_uri(config.tracking.uri)
 
@@ -210,9 +217,7 @@ def _check_cluster(config: SweeperConfig) -> None:
         if node["Resources"].get("CPU", 0) >= wanted.cpu and node["Resources"].get("GPU", 0) >= wanted.gpu
     ]
     if not fits:
-        biggest = max(
-            ((n["Resources"].get("CPU", 0), n["Resources"].get("GPU", 0)) for n in nodes), default=(0, 0)
-        )
+        biggest = max(((n["Resources"].get("CPU", 0), n["Resources"].get("GPU", 0)) for n in nodes), default=(0, 0))
         raise SweepError(
             f"search.resources asks {wanted.cpu:g} CPU + {wanted.gpu:g} GPU per trial but the largest "
             f"node has {biggest[0]:g} CPU + {biggest[1]:g} GPU: lower search.resources or add such nodes"
@@ -232,9 +237,9 @@ def _check_shared(storage: Path, nodes: list[dict[str, Any]]) -> None:
         probe = ray.remote(num_cpus=0)(os.path.exists)
         seen = ray.get(
             [
-                probe.options(
-                    scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
-                ).remote(str(marker))
+                probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote(
+                    str(marker)
+                )
                 for node in nodes
             ],
             timeout=60,
@@ -244,7 +249,7 @@ def _check_shared(storage: Path, nodes: list[dict[str, Any]]) -> None:
     if not all(seen):
         raise SweepError(
             f"storage_path {storage} is local to this node but the cluster has {len(nodes)} nodes: "
-            "use shared storage (an NFS path mounted on every node, or s3://...)"
+            "use shared storage (an NFS export or a bucket mounted at the same path on every node)"
         )
 
 
@@ -256,6 +261,13 @@ def _tuner(config: SweeperConfig, tracker: SweepTracker, *, resume: bool, verbos
         {"cpu": resources.cpu, "gpu": resources.gpu},
     )
     if resume:
+        saved = load_sweep_config(directory)
+        added = _grow(directory, config, had=saved.search.num_samples)
+        if added:
+            _log.info(
+                "extending sweep %s by %d trials (search.num_samples=%d)", config.name, added, config.search.num_samples
+            )
+            report.write_atomic(directory / CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False))
         return tune.Tuner.restore(str(directory), trainable, resume_errored=True)
     search = config.search
     param_space: dict[str, Any] = {}
@@ -304,6 +316,57 @@ def _tuner(config: SweeperConfig, tracker: SweepTracker, *, resume: bool, verbos
     )
 
 
+def _grow(directory: Path, config: SweeperConfig, *, had: int) -> int:
+    """Raise a restored sweep's trial budget from ``had`` to ``search.num_samples``; return how
+    many trials that adds.
+
+    ``Tuner.restore`` keeps the budget the sweep started with: Tune restores it from the search
+    algorithm's saved state (a ``SearchGenerator`` for Optuna/random, a ``BasicVariantGenerator``
+    for grids) after reading the new one. So the saved state itself is raised: the Optuna/random
+    searcher goes on proposing (the study continues), a grid gains one more repeat per added
+    sample, each with its own seed, exactly as a sweep started with the larger ``num_samples``.
+    """
+    search = config.search
+    wanted = search.num_samples
+    if wanted <= had:
+        return 0
+    pattern = "basic-variant-state-*.json" if search.algorithm == "grid" else "search_gen_state-*.json"
+    paths = sorted(directory.glob(pattern))  # Tune names them by session time: the last is the newest
+    if not paths:
+        raise SweepError(
+            f"cannot extend {config.name!r} to search.num_samples={wanted}: {directory} holds no saved "
+            f"search state ({pattern}); resume it with search.num_samples={had}"
+        )
+    state = cloudpickle.loads(paths[-1].read_bytes())
+    if search.algorithm == "grid":
+        from ray.tune.search.basic_variant import _TrialIterator
+
+        seeds = [config.seed + repeat for repeat in range(had, wanted)]
+        spec = copy.deepcopy(state["_iterators"][-1].unresolved_spec)
+        spec["config"]["seed"] = tune.grid_search(seeds)
+        state["_iterators"].append(
+            _TrialIterator(
+                uuid_prefix=state["_uuid_prefix"],
+                num_samples=1,
+                unresolved_spec=spec,
+                constant_grid_search=state["_constant_grid_search"],
+                start=state["_total_samples"],
+                random_state=state["_random_state"],
+            )
+        )
+        added = len(seeds) * math.prod(len(values.values) for values in search.space.values())
+        state["_total_samples"] += added
+        state["_finished"] = False
+    else:
+        added = wanted - state["total_samples"]
+        state["total_samples"] = wanted
+        state["finished"] = False
+    temporary = paths[-1].with_name(f".{paths[-1].name}.grow")
+    temporary.write_bytes(cloudpickle.dumps(state))
+    os.replace(temporary, paths[-1])
+    return added
+
+
 def _scheduler(config: SweeperConfig) -> Any:
     """ASHA or HyperBand on the objective (RankMe by default), in epochs. Stopped trials are
     recorded with ``status=stopped`` and never picked."""
@@ -319,9 +382,7 @@ def _scheduler(config: SweeperConfig) -> Any:
             grace_period=min(search.grace_period, config.train.epochs),
             reduction_factor=search.reduction_factor,
         )
-    return HyperBandScheduler(
-        time_attr="epoch", max_t=config.train.epochs, reduction_factor=search.reduction_factor
-    )
+    return HyperBandScheduler(time_attr="epoch", max_t=config.train.epochs, reduction_factor=search.reduction_factor)
 
 
 def _optuna_storage(url: str | None) -> Any:
@@ -373,6 +434,9 @@ class _TrackingCallback(tune.Callback):
         self._do(self.tracker.finish_child, trial.trial_id, status="stopped" if status == "running" else status)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        error = _error_summary(trial)
+        if error:
+            self._do(self.tracker.set_child_tag, trial.trial_id, ERROR_TAG, error)
         self._do(self.tracker.finish_child, trial.trial_id, status="failed")
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
@@ -402,6 +466,25 @@ class _TrackingCallback(tune.Callback):
                 continue
             self._pending.popleft()
         return True
+
+
+ERROR_TAG = "sweeper.error"
+
+
+def _error_summary(trial: Any) -> str | None:
+    """``Type: first line`` of the exception that failed ``trial`` (Ray's wrapper removed), read
+    from the error Tune just wrote on the driver (its copy in the sweep directory comes later)."""
+    try:
+        path = Path(trial.pickled_error_file or "")
+        # Tune's own pickle of the trial's exception, written by this driver a moment ago.
+        error = pickle.loads(path.read_bytes()) if path.is_file() else trial.get_pickled_error()
+    except Exception:  # an unreadable error file must not stop the sweep
+        return None
+    cause = getattr(error, "cause", None) or error
+    if cause is None:
+        return None
+    lines = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {lines[0] if lines else ''}"[:500]
 
 
 _RAY_STATUS = {"RUNNING": "running", "PENDING": "pending", "PAUSED": "pending", "ERROR": "failed"}
@@ -549,9 +632,7 @@ def compare_sweeps(
         config = load_sweep_config(name, storage_path=storage_path)
         directory = sweep_directory(config)
         if not tune.Tuner.can_restore(str(directory)):
-            raise SweepError(
-                f"sweep {config.name!r} at {directory} has no trial state yet: nothing to compare"
-            )
+            raise SweepError(f"sweep {config.name!r} at {directory} has no trial state yet: nothing to compare")
         loaded.append(sweep_report(directory, config))
     files: dict[Path, list[Path]] = {}
     tracking: dict[Path, str] = {}

@@ -55,8 +55,7 @@ def check_tracking_uri(uri: str, *, timeout: float = 5.0) -> None:
             raise TrackingError(f"tracking.uri {uri}: directory {str(database.parent)!r} does not exist")
     elif uri.startswith(("file:", "./", "/")) or "://" not in uri:
         raise TrackingError(
-            f"tracking.uri {uri!r}: MLflow's file store is retired; use sqlite:///mlflow.db "
-            "or an http:// server"
+            f"tracking.uri {uri!r}: MLflow's file store is retired; use sqlite:///mlflow.db or an http:// server"
         )
 
 
@@ -183,9 +182,7 @@ class SweepTracker:
 
     def child_ids(self) -> dict[str, str]:
         """``{trial_id: run_id}`` of every child run of the sweep in the store."""
-        runs = self.client.search_runs(
-            [self.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_id}'"
-        )
+        runs = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_id}'")
         return {run.data.tags[TRIAL_TAG]: run.info.run_id for run in runs}
 
     def log_metrics(self, trial_id: str, metrics: Mapping[str, float], *, step: int) -> int:
@@ -218,9 +215,7 @@ class SweepTracker:
         """Set tag ``key`` on the child run of each trial in ``values`` (``{trial_id: value}``)
         and delete it from every other child run of the sweep, so that a repeated selection
         (``sweeper compare`` on a sweep that has progressed) replaces the previous one."""
-        runs = self.client.search_runs(
-            [self.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_id}'"
-        )
+        runs = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_id}'")
         for run in runs:
             trial_id = run.data.tags.get(TRIAL_TAG)
             if trial_id in values:

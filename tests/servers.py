@@ -37,23 +37,47 @@ def wait_http(url: str, timeout: float) -> None:
     raise TimeoutError(f"{url} did not come up in {timeout} s")
 
 
-def start_mlflow(root: Path, port: int, *, timeout: float = 120) -> subprocess.Popen:
-    """An `mlflow server` on 127.0.0.1:``port`` with a sqlite store and artifacts under ``root``."""
-    server = subprocess.Popen(
-        [
-            str(BIN / "mlflow"), "server",
-            "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-            "--artifacts-destination", str(root / "artifacts"),
-            "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-        ],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
+def start_mlflow(
+    root: Path, port: int, *, backend_uri: str | None = None, timeout: float = 120, wait: bool = True
+) -> subprocess.Popen:
+    """An `mlflow server` on 127.0.0.1:``port`` with artifacts under ``root`` and its store at
+    ``backend_uri`` (default: a sqlite file under ``root``); its output goes to
+    ``root/mlflow-server.log``, whose tail a start-up timeout reports. ``wait=False`` returns
+    at once (call :func:`wait_mlflow` before using it)."""
+    log = root / "mlflow-server.log"
+    with log.open("ab") as output:
+        server = subprocess.Popen(
+            [
+                str(BIN / "mlflow"),
+                "server",
+                "--backend-store-uri",
+                backend_uri or f"sqlite:///{root / 'mlflow.db'}",
+                "--artifacts-destination",
+                str(root / "artifacts"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+            ],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    if wait:
+        wait_mlflow(server, root, port, timeout=timeout)
+    return server
+
+
+def wait_mlflow(server: subprocess.Popen, root: Path, port: int, *, timeout: float = 120) -> None:
+    """Wait for a server of :func:`start_mlflow` to answer; stop it and show its log if it does not."""
     try:
         wait_http(f"http://127.0.0.1:{port}/health", timeout=timeout)
-    except TimeoutError:
+    except TimeoutError as exc:
         stop(server)
-        raise
-    return server
+        log = (root / "mlflow-server.log").read_text(errors="replace")[-3000:]
+        raise TimeoutError(f"{exc}; its log ends:\n{log}") from None
 
 
 def stop(process: subprocess.Popen) -> None:

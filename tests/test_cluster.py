@@ -17,7 +17,7 @@ from sweeper.sweep import SweepError, run_sweep
 from tests.helpers import tiny_config_data
 
 pytestmark = pytest.mark.slow
-EPOCHS = 6
+EPOCHS = 10
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +56,12 @@ def test_trials_use_both_nodes_and_survive_losing_one(tmp_path, cluster) -> None
     def remove_worker_once_it_checkpointed() -> None:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
-            on_worker = [r for r in _rows(directory) if r.get("node_id") == worker.node_id]
-            if any(3 <= r["epoch"] < EPOCHS for r in on_worker):
+            latest: dict[str, dict] = {}
+            for row in _rows(directory):
+                latest[row["trial_id"]] = max(latest.get(row["trial_id"], row), row, key=lambda r: r["epoch"])
+            # A trial on the worker that checkpointed at least once and has enough epochs left to
+            # be surely still running when the node goes (result.json lags the trial a little).
+            if any(r.get("node_id") == worker.node_id and 2 <= r["epoch"] <= EPOCHS - 5 for r in latest.values()):
                 cluster_.remove_node(worker)
                 removed.set()
                 return

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from sweeper.config import ConfigError, SweeperConfig, load_config, parse_overrides
+from tests.helpers import tiny_config_data
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
 
@@ -66,9 +67,7 @@ def test_round_trip_through_dict() -> None:
         ),
         (base(search={"space": {"train.lr": {"values": []}}}), r"values is empty"),
         (
-            base(
-                search={"algorithm": "optuna", "space": {"train.lr": {"low": 0.0, "high": 1.0, "log": True}}}
-            ),
+            base(search={"algorithm": "optuna", "space": {"train.lr": {"low": 0.0, "high": 1.0, "log": True}}}),
             r"log-scale bounds must be > 0",
         ),
         (base(search={"space": {"train.lr": {"low": 1e-4, "high": 1e-2}}}), r"grid algorithm needs values"),
@@ -113,3 +112,11 @@ def test_suggest_is_define_by_run() -> None:
     )
     fixed = optuna.trial.FixedTrial({"method.params.cov_weight": 1.0, "train.lr": 3e-3})
     assert config.search.suggest(fixed) == {"method.params.cov_weight": 1.0, "train.lr": 3e-3}
+
+
+@pytest.mark.parametrize("uri", ["s3://bucket/sweeps", "gs://bucket/sweeps", "file:///tmp/sweeps"])
+def test_object_storage_uri_is_refused_with_the_mount_advice(tmp_path: Path, uri: str) -> None:
+    data = tiny_config_data(tmp_path)
+    with pytest.raises(ConfigError, match=r"storage_path: .*object storage URIs are not supported; mount the bucket"):
+        load_config(data={**data, "storage_path": uri})
+    assert load_config(data={**data, "storage_path": "/shared/sweeps"}).storage_path == "/shared/sweeps"

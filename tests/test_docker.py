@@ -111,11 +111,7 @@ def _containers(pod_template: dict) -> list[dict]:
 def _mounts(pod_template: dict) -> dict[str, dict]:
     """mountPath -> the volume mounted there."""
     volumes = {v["name"]: v for v in pod_template["spec"].get("volumes", [])}
-    return {
-        m["mountPath"]: volumes[m["name"]]
-        for c in _containers(pod_template)
-        for m in c.get("volumeMounts", [])
-    }
+    return {m["mountPath"]: volumes[m["name"]] for c in _containers(pod_template) for m in c.get("volumeMounts", [])}
 
 
 CLUSTER_CONFIGS = sorted((ROOT / "configs" / "cluster").glob("*.yaml"))

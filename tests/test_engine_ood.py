@@ -59,9 +59,7 @@ def ood_roots(tmp_path_factory) -> list[Path]:
 def _config(ood_roots: list[Path], **data):
     evaluation = {
         **TINY["evaluation"],
-        "oracle_datasets": [
-            {"dataset": "imagefolder", "root": str(root), "image_size": 16} for root in ood_roots
-        ],
+        "oracle_datasets": [{"dataset": "imagefolder", "root": str(root), "image_size": 16} for root in ood_roots],
     }
     return load_config(data={**TINY, "evaluation": evaluation, **data})
 

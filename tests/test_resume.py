@@ -26,17 +26,26 @@ def _cli(*args: str, cwd: Path, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "TUNE_GLOBAL_CHECKPOINT_S": "1"}
     return subprocess.Popen(
         [sys.executable, "-m", "sweeper.cli", *args],
-        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kwargs,
     )
 
 
-def _epochs_reported(directory: Path) -> dict[str, list[int]]:
-    """Per trial directory, the epochs of every result row Ray Tune recorded (in order)."""
+def _rows_reported(directory: Path) -> dict[str, list[tuple[int, int]]]:
+    """Per trial, (epoch, trial process id) of every result row Ray Tune recorded (in order)."""
     reported = {}
     for result in directory.glob("train_trial_*/result.json"):
         rows = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
-        reported[rows[0]["trial_id"] if rows else result.parent.name] = [r["epoch"] for r in rows]
+        reported[rows[0]["trial_id"] if rows else result.parent.name] = [(r["epoch"], r["pid"]) for r in rows]
     return reported
+
+
+def _epochs_reported(directory: Path) -> dict[str, list[int]]:
+    return {trial: [epoch for epoch, _ in rows] for trial, rows in _rows_reported(directory).items()}
 
 
 def _recorded_finished(directory: Path) -> set[str]:
@@ -77,6 +86,7 @@ def test_sigkill_then_resume_loses_and_repeats_nothing(tmp_path: Path) -> None:
     driver.wait(timeout=30)
     time.sleep(2)
     before = _epochs_reported(directory)
+    pids_before = {pid for rows in _rows_reported(directory).values() for _, pid in rows}
     # Finished = what Ray Tune's experiment state had recorded as TERMINATED when the driver died
     # (a trial that reported its last epoch a moment before the kill may still replay its last
     # checkpoint interval; MLflow keeps one point per epoch either way, checked below).
@@ -88,15 +98,17 @@ def test_sigkill_then_resume_loses_and_repeats_nothing(tmp_path: Path) -> None:
     assert resumed.returncode == 0, output[-4000:]
     after = _epochs_reported(directory)
 
-    # Finished trials are not retrained; interrupted ones continue from a checkpoint epoch.
+    # Finished trials are not retrained; interrupted ones continue from a checkpoint epoch (the
+    # rows of the resumed processes are told apart by their pid: Tune may rewrite result.json of
+    # a trial that restarts from scratch).
     assert len(after) == 4
     for trial_id, epochs in before.items():
         if trial_id in finished:
             assert epochs[-1] == EPOCHS and after[trial_id] == epochs, f"{trial_id} was retrained"
         else:
-            new = after[trial_id][len(epochs):]
-            assert new[-1] == EPOCHS
-            assert (new[0] - 1) % CHECKPOINT_EVERY == 0 and new[0] - 1 <= (epochs[-1] if epochs else 0)
+            new = [epoch for epoch, pid in _rows_reported(directory)[trial_id] if pid not in pids_before]
+            assert new[-1] == EPOCHS and new == list(range(new[0], EPOCHS + 1)), new
+            assert (new[0] - 1) % CHECKPOINT_EVERY == 0 and new[0] - 1 <= (epochs[-1] if epochs else 0), (epochs, new)
 
     # MLflow: one parent, one child per trial, each epoch's point exactly once.
     config = yaml.safe_load((directory / "sweeper.yaml").read_text())

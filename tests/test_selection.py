@@ -86,9 +86,7 @@ def test_plateau_starts_before_the_late_maximum() -> None:
     ("tolerance", "expected"),
     [(0.0, 4.0), (0.007, 1.0), (0.01, 0.1), (0.25, 0.01), (0.5, 0.01), (0.95, 0.0)],
 )
-def test_plateau_tolerance_is_relative_to_the_maximum_and_inclusive(
-    tolerance: float, expected: float
-) -> None:
+def test_plateau_tolerance_is_relative_to_the_maximum_and_inclusive(tolerance: float, expected: float) -> None:
     # max 100: (1 - 0.25) * 100 = 75 exactly, so 75 is on the plateau.
     table = sweep_1d([10.0, 75.0, 99.2, 99.5, 100.0])
     pick = select_plateau(table, metric=RANK, param=COV, params=[COV], tolerance=tolerance)
@@ -120,9 +118,7 @@ def test_plateau_per_slice_of_a_grid_uses_the_slice_of_the_overall_best() -> Non
         1e-2: [30.0, 90.0, 90.0, 90.0, 89.0],
     }
     covs = (0.0, 0.01, 0.1, 1.0, 4.0)
-    table = trials(
-        [{COV: c, LR: lr, RANK: v} for lr, vs in grid.items() for c, v in zip(covs, vs, strict=True)]
-    )
+    table = trials([{COV: c, LR: lr, RANK: v} for lr, vs in grid.items() for c, v in zip(covs, vs, strict=True)])
     pick = select_plateau(table, metric=RANK, param=COV, params=[COV, LR])
     assert pick is not None
     assert pick.params == {COV: 0.1, LR: 1e-3}
@@ -333,9 +329,7 @@ def test_max_ties_go_to_the_lexicographically_smallest_params() -> None:
         ([0.4, 0.75, 1.25, 2.0], 2.0, 4.0),
     ],
 )
-def test_band_picks_the_value_closest_to_the_target(
-    alphas: list[float], target: float, expected: float
-) -> None:
+def test_band_picks_the_value_closest_to_the_target(alphas: list[float], target: float, expected: float) -> None:
     table = trials([{COV: c, ALPHA: a} for c, a in zip((0.01, 0.1, 1.0, 4.0), alphas, strict=True)])
     pick = select_band(table, metric=ALPHA, params=[COV], target=target)
     assert pick is not None
@@ -417,9 +411,7 @@ def test_self_clustering_is_minimised() -> None:
     ("maximum", "tolerance", "expected"),
     [(100.0, 0.01, 99.0), (-2.0, 0.5, -3.0), (0.0, 0.1, 0.0)],
 )
-def test_plateau_threshold_is_the_band_the_plateau_rule_uses(
-    maximum: float, tolerance: float, expected: float
-) -> None:
+def test_plateau_threshold_is_the_band_the_plateau_rule_uses(maximum: float, tolerance: float, expected: float) -> None:
     assert selection.plateau_threshold(maximum, tolerance) == pytest.approx(expected)
     # Just below the edge is off the plateau, the edge itself is on it.
     values = [expected - 1e-9, expected, maximum]
@@ -506,10 +498,7 @@ def test_plateau_rejects_bad_arguments(kwargs: dict[str, object], error: type) -
 def test_module_is_layer_zero() -> None:
     tree = ast.parse(Path(selection.__file__).read_text())
     imported = {
-        alias.name.split(".")[0]
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Import)
-        for alias in node.names
+        alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
     } | {(node.module or "").split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert not imported & {"torch", "ray", "mlflow", "optuna", "sweeper"}
     assert set(selection.__all__) == {

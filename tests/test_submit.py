@@ -35,9 +35,16 @@ def ray_head(tmp_path_factory, token):
     }
     dashboard = free_port()
     start = [
-        str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
-        "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--num-cpus=2",
-        "--include-dashboard=true", "--disable-usage-stats",
+        str(BIN / "ray"),
+        "start",
+        "--head",
+        "--node-ip-address=127.0.0.1",
+        f"--port={free_port()}",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dashboard}",
+        "--num-cpus=2",
+        "--include-dashboard=true",
+        "--disable-usage-stats",
     ]
     subprocess.run(start, env=env, check=True, timeout=180, capture_output=True)
     try:
@@ -60,7 +67,11 @@ def mlflow_server(tmp_path_factory):
 def _submit(workdir: Path, address: str, env: dict, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(BIN / "sweeper"), "submit", "config.yaml", "--address", address, *extra],
-        cwd=workdir, env=env, capture_output=True, text=True, timeout=600,
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 

@@ -61,10 +61,7 @@ def test_mlflow_has_one_parent_and_a_finished_child_per_trial(finished) -> None:
         assert [m.step for m in history] == [1, 2]  # one point per evaluation epoch, no duplicates
         assert history[-1].value == pytest.approx(table.loc[trial_id, "rankme/embedding"])
         assert "oracle/linear/digits" in child.data.metrics
-        assert (
-            float(child.data.params["method.params.cov_weight"])
-            == table.loc[trial_id, "method.params.cov_weight"]
-        )
+        assert float(child.data.params["method.params.cov_weight"]) == table.loc[trial_id, "method.params.cov_weight"]
     artifacts = {a.path for a in client.list_artifacts(result.parent_run_id, "report")}
     assert {"report/trials.csv", "report/report.md", "report/rankme_vs_param.png"} <= artifacts
     picked = [c for c in children if "sweeper.selected_by" in c.data.tags]
@@ -99,11 +96,14 @@ def test_existing_sweep_name_is_refused_before_anything_is_written(finished) -> 
 
 def test_asha_on_rankme_stops_the_low_rank_trials(tmp_path) -> None:
     data = tiny_config_data(tmp_path, name="asha")
+    # One trial at a time, highest covariance weight (highest rank) first: ASHA is asynchronous
+    # (the first trial at a rung always continues), so this order makes its decisions repeatable.
     data["search"] |= {
-        "space": {"method.params.cov_weight": {"values": [0.0, 0.01, 1.0, 8.0]}},
+        "space": {"method.params.cov_weight": {"values": [8.0, 1.0, 0.01, 0.0]}},
         "scheduler": "asha",
         "grace_period": 1,
         "reduction_factor": 2,
+        "max_concurrent": 1,
     }
     data["train"]["epochs"] = 4
     result = run_sweep(load_config(data=data), verbose=0)

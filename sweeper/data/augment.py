@@ -5,11 +5,17 @@ Gaussian blur) plus additive noise, applied to a whole batch at once with per-sa
 parameters. torchvision's transforms draw parameters per image in Python, which dominates the
 step time for the tiny images of a sweep (8×8 digits to 32×32 CIFAR) on CPU; here one
 ``affine_grid``/``grid_sample`` and a grouped convolution serve the whole batch, on CPU or GPU.
+
+Multi-crop (DINO, SwAV; papers/003 §4.2.3, §5.2): besides the global views at the input's size,
+``num_local_views`` local views are cropped from a smaller area range (``local_crop_scale``) and
+resampled straight to ``local_size`` pixels by the same ``grid_sample``, then jittered, blurred
+and noised like the global views.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -26,11 +32,16 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
 
 
 class MultiViewAugment(nn.Module):
-    """Draw ``num_views`` augmented, normalised views of a batch (B, C, H, W) in [0, 1].
+    """Draw ``num_views`` global and ``num_local_views`` local augmented, normalised views of a
+    batch (B, C, H, W) in [0, 1]: the global views first, at (H, W), then the local views at
+    (``local_size``, ``local_size``).
 
     Args:
         flip: random horizontal flips (off for digits and text, on for natural images).
-        crop_scale: area fraction range of the random resized crop.
+        crop_scale: area fraction range of the random resized crop of the global views.
+        num_local_views: multi-crop local views (0: global views only).
+        local_size: side of the local views (required with local views).
+        local_crop_scale: area fraction range of the local views' crops (DINO: (0.05, 0.4)).
         jitter: strength of brightness/contrast (and saturation, for RGB) jitter.
         jitter_p, grayscale_p, blur_p, noise_p: per-sample probabilities.
         noise_std: standard deviation of the additive Gaussian noise.
@@ -40,6 +51,9 @@ class MultiViewAugment(nn.Module):
         self,
         *,
         num_views: int = 2,
+        num_local_views: int = 0,
+        local_size: int | None = None,
+        local_crop_scale: tuple[float, float] = (0.05, 0.4),
         flip: bool = True,
         crop_scale: tuple[float, float] = (0.3, 1.0),
         crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
@@ -52,7 +66,12 @@ class MultiViewAugment(nn.Module):
         noise_std: float = 0.05,
     ) -> None:
         super().__init__()
+        if num_local_views and local_size is None:
+            raise ValueError("local views need local_size, the side of the local crops")
         self.num_views = num_views
+        self.num_local_views = num_local_views
+        self.local_size = local_size
+        self.local_crop_scale = local_crop_scale
         self.flip = flip
         self.crop_scale = crop_scale
         self.crop_ratio = crop_ratio
@@ -66,11 +85,16 @@ class MultiViewAugment(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        return [normalize(self.view(images)) for _ in range(self.num_views)]
+        views = [normalize(self.view(images)) for _ in range(self.num_views)]
+        return views + [normalize(self.view(images, local=True)) for _ in range(self.num_local_views)]
 
-    def view(self, images: torch.Tensor) -> torch.Tensor:
-        """One augmented view in [0, 1] (not normalised)."""
-        x = self._resized_crop(images)
+    def view(self, images: torch.Tensor, *, local: bool = False) -> torch.Tensor:
+        """One augmented view in [0, 1] (not normalised); ``local``: a local multi-crop view."""
+        if local:
+            size = (self.local_size, self.local_size)
+            x = self._resized_crop(images, scale=self.local_crop_scale, size=size)
+        else:
+            x = self._resized_crop(images, scale=self.crop_scale, size=images.shape[-2:])
         x = self._jitter(x)
         if x.shape[1] == 3:
             x = _where(self._coin(x, self.grayscale_p), _gray(x).expand_as(x), x)
@@ -82,10 +106,12 @@ class MultiViewAugment(nn.Module):
     def _coin(self, x: torch.Tensor, p: float) -> torch.Tensor:
         return torch.rand(x.shape[0], device=x.device) < p
 
-    def _resized_crop(self, x: torch.Tensor) -> torch.Tensor:
+    def _resized_crop(self, x: torch.Tensor, *, scale: tuple[float, float], size: Sequence[int]) -> torch.Tensor:
+        """Crops of area fraction in ``scale`` (aspect ratio in ``crop_ratio``), resampled to
+        ``size`` (H, W)."""
         b = x.shape[0]
         device = x.device
-        area = torch.empty(b, device=device).uniform_(*self.crop_scale)
+        area = torch.empty(b, device=device).uniform_(*scale)
         log_r = torch.empty(b, device=device).uniform_(*map(math.log, self.crop_ratio))
         ratio = log_r.exp()
         width = (area * ratio).sqrt().clamp(max=1.0)
@@ -100,7 +126,7 @@ class MultiViewAugment(nn.Module):
         theta[:, 0, 2] = cx
         theta[:, 1, 1] = height
         theta[:, 1, 2] = cy
-        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        grid = F.affine_grid(theta, [b, x.shape[1], *size], align_corners=False)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
     def _jitter(self, x: torch.Tensor) -> torch.Tensor:

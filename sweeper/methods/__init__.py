@@ -18,8 +18,7 @@ from sweeper.models import build_backbone
 __all__ = ["METHODS", "SSLMethod", "build_method"]
 
 METHODS: dict[str, type[SSLMethod]] = {
-    cls.name: cls
-    for cls in (SimCLR, VICReg, VICRegExp, VICRegCtr, BarlowTwins, BYOL, DINO, SwAV, CARP)
+    cls.name: cls for cls in (SimCLR, VICReg, VICRegExp, VICRegCtr, BarlowTwins, BYOL, DINO, SwAV, CARP)
 }
 
 

@@ -14,9 +14,7 @@ import torch
 __all__ = ["forward_views"]
 
 
-def forward_views(
-    network: Callable[[torch.Tensor], torch.Tensor], views: Sequence[torch.Tensor]
-) -> list[torch.Tensor]:
+def forward_views(network: Callable[[torch.Tensor], torch.Tensor], views: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """``[network(view) for view in views]``, computed one resolution group at a time."""
     outputs: list[torch.Tensor] = []
     start = 0

@@ -41,9 +41,7 @@ from sweeper.models import Backbone, build_projector
 __all__ = ["CARP", "block_assignments", "carp_loss", "random_partition"]
 
 
-def random_partition(
-    num_prototypes: int, block_size: int, *, device: torch.device | str | None = None
-) -> torch.Tensor:
+def random_partition(num_prototypes: int, block_size: int, *, device: torch.device | str | None = None) -> torch.Tensor:
     """Prototype indices (N_P, N_B) of a uniformly random partition of range(K) into
     N_P = K // N_B blocks of N_B (when N_B does not divide K, the K mod N_B left-over prototypes
     sit out this step, as in the authors' code)."""
@@ -138,9 +136,7 @@ class CARP(SSLMethod):
             backbone, build_carp_head(backbone.dim, projector, num_prototypes), embedding_dim=projector[-1]
         )
         self.teacher_backbone = frozen_copy(self.backbone)
-        self.teacher_head = frozen_copy(
-            self.projector, twin=build_carp_head(backbone.dim, projector, num_prototypes)
-        )
+        self.teacher_head = frozen_copy(self.projector, twin=build_carp_head(backbone.dim, projector, num_prototypes))
         self.num_prototypes = num_prototypes
         self.block_size = block_size
         self.base_momentum = base_momentum

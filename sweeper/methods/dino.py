@@ -37,9 +37,7 @@ from sweeper.models import Backbone, build_projector
 __all__ = ["DINO", "build_dino_head", "teacher_temperature"]
 
 
-def teacher_temperature(
-    progress: float, *, warmup_temp: float, final_temp: float, warmup_fraction: float
-) -> float:
+def teacher_temperature(progress: float, *, warmup_temp: float, final_temp: float, warmup_fraction: float) -> float:
     """τ_t at ``progress`` ∈ [0, 1]: linear from ``warmup_temp`` to ``final_temp`` over the first
     ``warmup_fraction`` of training, then constant (DINO: 0.04 → 0.07 over 30 epochs)."""
     if warmup_fraction <= 0 or progress >= warmup_fraction:

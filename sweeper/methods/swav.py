@@ -93,9 +93,7 @@ class SwAV(SSLMethod):
         return loss.reshape(())
 
     @torch.no_grad()
-    def _queue_scores(
-        self, embeddings: Sequence[torch.Tensor], *, progress: float
-    ) -> list[torch.Tensor] | None:
+    def _queue_scores(self, embeddings: Sequence[torch.Tensor], *, progress: float) -> list[torch.Tensor] | None:
         """Scores of the queued embeddings if the queue is on and full; then enqueue the batch."""
         length = self.queue.shape[1]
         if length == 0 or progress < self.queue_start:

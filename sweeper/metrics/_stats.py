@@ -236,9 +236,7 @@ class EmbeddingStats:
                 s = raw_eig.sqrt()
                 # The Gram resolves σ only down to ~sqrt(K·eps64)·σ_max: never count below it.
                 dtype_eps = max(self._dtype_eps, math.sqrt(k * _EPS64) / max(n, k))
-                out["classical_rank"] = float(
-                    _classical_rank_from_singular_values(s, n=n, k=k, dtype_eps=dtype_eps)
-                )
+                out["classical_rank"] = float(_classical_rank_from_singular_values(s, n=n, k=k, dtype_eps=dtype_eps))
             elif name == "stable_rank":
                 assert raw_eig is not None
                 out["stable_rank"] = _stable_rank_from_squares(float(raw_eig.sum()), float(raw_eig[0]))
@@ -246,9 +244,7 @@ class EmbeddingStats:
                 assert cov_eig is not None
                 top = float(cov_eig[0])
                 rel = max((max(n, k) * self._dtype_eps) ** 2, k * _EPS64)
-                fit = _alpha_req_from_eigenvalues(
-                    cov_eig, rank_range=_check_rank_range(rank_range), floor=top * rel
-                )
+                fit = _alpha_req_from_eigenvalues(cov_eig, rank_range=_check_rank_range(rank_range), floor=top * rel)
                 out["alpha_req"] = fit.alpha
                 out["alpha_req_r2"] = fit.r2
             elif name == "nesum":

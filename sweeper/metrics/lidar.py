@@ -36,9 +36,7 @@ from sweeper.metrics._utils import (
 )
 
 
-def _lidar_from_covariances(
-    between: torch.Tensor, within: torch.Tensor, *, delta: float, eps: float
-) -> float:
+def _lidar_from_covariances(between: torch.Tensor, within: torch.Tensor, *, delta: float, eps: float) -> float:
     """LiDAR from Σ_b and the *unregularised* Σ_w (K × K, float64; Σ_w read from its upper
     triangle only)."""
     k = within.shape[0]

@@ -10,7 +10,9 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torchvision.models.vision_transformer import VisionTransformer
 
 __all__ = ["BACKBONES", "Backbone", "build_backbone", "vit_patch_size"]
 
@@ -21,9 +23,7 @@ class Backbone:
     dim: int
 
 
-def build_backbone(
-    name: str, *, in_channels: int, image_size: int, cifar_stem: bool | None = None
-) -> Backbone:
+def build_backbone(name: str, *, in_channels: int, image_size: int, cifar_stem: bool | None = None) -> Backbone:
     """Build the backbone ``name`` for ``in_channels``-channel images of side ``image_size``."""
     if name == "small_cnn":
         return Backbone(_SmallCNN(in_channels), _SmallCNN.dim)
@@ -105,13 +105,12 @@ def _vit_s16(in_channels: int, image_size: int) -> Backbone:
     backbone): width 384, 12 layers, 6 heads, MLP 1536, patch size from :func:`vit_patch_size`.
 
     The representation is the final [CLS] token after the encoder's LayerNorm (B, 384), as DINO
-    evaluates it. Images must be exactly ``image_size`` square (fixed position embeddings).
+    evaluates it. Inputs of other sides (multi-crop's local views) get interpolated position
+    embeddings (:class:`_ViT`).
     """
-    from torchvision.models.vision_transformer import VisionTransformer
-
     patch = vit_patch_size(image_size)
     hidden = 384
-    net = VisionTransformer(
+    net = _ViT(
         image_size=image_size,
         patch_size=patch,
         num_layers=12,
@@ -126,3 +125,28 @@ def _vit_s16(in_channels: int, image_size: int) -> Backbone:
         nn.init.zeros_(net.conv_proj.bias)
     net.heads = nn.Identity()
     return Backbone(net, hidden)
+
+
+class _ViT(VisionTransformer):
+    """torchvision's ``VisionTransformer`` for any input side: at ``image_size`` it computes exactly
+    torchvision's forward; for another side (a multiple of the patch) the patch grid's position
+    embeddings are bicubically resized to the input's grid, as DINO's ``interpolate_pos_encoding``
+    does for its 96² local crops."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        tokens = self.conv_proj(x).flatten(2).transpose(1, 2)  # (n, grid cells, hidden)
+        tokens = torch.cat([self.class_token.expand(n, -1, -1), tokens], dim=1)
+        encoder = self.encoder
+        tokens = tokens + self._position_embedding(h // self.patch_size, w // self.patch_size)
+        tokens = encoder.ln(encoder.layers(encoder.dropout(tokens)))
+        return self.heads(tokens[:, 0])
+
+    def _position_embedding(self, rows: int, cols: int) -> torch.Tensor:
+        embedding = self.encoder.pos_embedding  # (1, 1 + side², hidden): [CLS], then the grid
+        side = self.image_size // self.patch_size
+        if (rows, cols) == (side, side):
+            return embedding
+        grid = embedding[:, 1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid, size=(rows, cols), mode="bicubic", align_corners=False)
+        return torch.cat([embedding[:, :1], grid.flatten(2).transpose(1, 2)], dim=1)

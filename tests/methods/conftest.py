@@ -3,7 +3,7 @@ a "does training lower the loss on this batch" check."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import pytest
 import torch
@@ -17,11 +17,8 @@ BATCH = 64
 
 
 @pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread: None) -> None:
+    """Every method test on one torch thread (see the root conftest's ``one_thread``)."""
 
 
 @pytest.fixture(scope="session")

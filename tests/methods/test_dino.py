@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from sweeper.data import MultiViewAugment
 from sweeper.hyperparams import DINOParams
 from sweeper.methods.dino import DINO, teacher_temperature
 
@@ -18,9 +19,7 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def _dino_np(
-    teacher: list[np.ndarray], student: list[np.ndarray], center: np.ndarray, tt: float, ts: float
-) -> float:
+def _dino_np(teacher: list[np.ndarray], student: list[np.ndarray], center: np.ndarray, tt: float, ts: float) -> float:
     """mean over (teacher view t, student view s ≠ t) of mean_b −Σ_k P_t log P_s (papers/003 Alg. 1)."""
     terms = []
     for i, t in enumerate(teacher):
@@ -98,3 +97,20 @@ def test_training_lowers_the_loss_and_embeds(backbone, make_views, loss_before_a
     prototypes = method.prototypes()
     assert prototypes.shape == (K, 16)
     assert torch.allclose(prototypes.norm(dim=1), torch.ones(K), atol=1e-5)  # weight norm g = 1
+
+
+def test_multicrop_local_views_train_the_student_only(backbone, digits_batch, loss_before_after) -> None:
+    torch.manual_seed(0)
+    augment = MultiViewAugment(num_views=2, num_local_views=4, local_size=7, flip=False)
+    views = augment(digits_batch)
+    assert [v.shape[-1] for v in views] == [16, 16, 7, 7, 7, 7]
+    method = _method(backbone, num_local_crops=4, base_momentum=0.9)
+    seen = {"student": [], "teacher": []}
+    for role, network in (("student", method._student), ("teacher", method._teacher)):
+        setattr(method, f"_{role}", lambda x, role=role, net=network: seen[role].append(x.shape[-1]) or net(x))
+    before, after = loss_before_after(method, views, epoch=1)
+    assert after < before
+    # per call: the student gets the global pair, then the local views (one batch per size);
+    # the teacher only the global pair
+    assert set(seen["student"]) == {16, 7} and set(seen["teacher"]) == {16}
+    assert len(seen["student"]) == 2 * len(seen["teacher"])

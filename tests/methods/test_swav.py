@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from sweeper.data import MultiViewAugment
 from sweeper.hyperparams import SwAVParams
 from sweeper.methods.swav import SwAV
 
@@ -27,9 +28,7 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
 
 
-def _swav_np(
-    scores: list[np.ndarray], eps: float, tau: float, queue: list[np.ndarray] | None = None
-) -> float:
+def _swav_np(scores: list[np.ndarray], eps: float, tau: float, queue: list[np.ndarray] | None = None) -> float:
     """½ Σ_{t} H(q_t, p_s) over the two views s ≠ t; codes from the batch (+ queue) scores."""
     total = 0.0
     for t, s in [(0, 1), (1, 0)]:
@@ -99,3 +98,22 @@ def test_multicrop_asks_for_more_views(backbone, make_views) -> None:
     method = _method(backbone, num_local_crops=2)
     assert method.num_views == 4 and method.num_local_views == 2
     assert torch.isfinite(method.training_loss(make_views(4), progress=0.1))
+
+
+def test_multicrop_local_views_are_predicted_but_get_no_codes(backbone, digits_batch, loss_before_after) -> None:
+    torch.manual_seed(0)
+    augment = MultiViewAugment(num_views=2, num_local_views=4, local_size=7, local_crop_scale=(0.05, 0.14), flip=False)
+    views = augment(digits_batch)
+    assert [v.shape[-1] for v in views] == [16, 16, 7, 7, 7, 7]
+    method = _method(backbone, num_local_crops=4)
+    forward = method.criterion.forward
+    calls: list[tuple[int, int]] = []
+
+    def spy(high: list[torch.Tensor], low: list[torch.Tensor], queue: list[torch.Tensor] | None = None) -> torch.Tensor:
+        calls.append((len(high), len(low)))
+        return forward(high, low, queue)
+
+    method.criterion.forward = spy
+    before, after = loss_before_after(method, views, steps=8)
+    assert after < before
+    assert set(calls) == {(2, 4)}  # codes from the 2 global views; the 4 local views only predict

@@ -47,9 +47,7 @@ def test_matches_numpy_reference() -> None:
     views = views_with_identity(300, 5, 24, r=6, signal=2.0, seed=0)
     views = views @ np.random.default_rng(1).standard_normal((24, 24))  # correlated noise
     assert lidar(views) == pytest.approx(ref_lidar(views), rel=1e-9)
-    assert lidar(torch.from_numpy(views).float()) == pytest.approx(
-        ref_lidar(views.astype(np.float32)), rel=1e-5
-    )
+    assert lidar(torch.from_numpy(views).float()) == pytest.approx(ref_lidar(views.astype(np.float32)), rel=1e-5)
     assert lidar(views, delta=0.1, eps=0.0) == pytest.approx(ref_lidar(views, delta=0.1, eps=0.0), rel=1e-9)
 
 

@@ -50,9 +50,7 @@ def z() -> torch.Tensor:
     g = torch.Generator().manual_seed(0)
     k = 160
     spectrum = torch.arange(1, k + 1, dtype=torch.float32) ** -0.7
-    return (torch.randn(3000, k, generator=g) * spectrum) @ torch.linalg.qr(torch.randn(k, k, generator=g))[
-        0
-    ] + 2.0
+    return (torch.randn(3000, k, generator=g) * spectrum) @ torch.linalg.qr(torch.randn(k, k, generator=g))[0] + 2.0
 
 
 def test_chunks_match_direct_functions(z: torch.Tensor) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from torch import nn
@@ -11,13 +9,7 @@ from torch import nn
 from sweeper.models import build_backbone
 from sweeper.models.backbones import vit_patch_size
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _features(name: str, channels: int, size: int, **kwargs) -> tuple[torch.Tensor, int, nn.Module]:

@@ -44,20 +44,47 @@ def _drop(data: dict, dotted: str) -> dict:
 # (case id, how to break the config, extra CLI args, what the one line must say)
 CASES = [
     ("unknown key", lambda d: _set(d, "trian", {}), [], "trian: unknown key (did you mean 'train'?)"),
-    ("misspelt nested key", lambda d: _set(d, "train.epoch", 3), [], "train.epoch: unknown key (did you mean 'epochs'?)"),
+    (
+        "misspelt nested key",
+        lambda d: _set(d, "train.epoch", 3),
+        [],
+        "train.epoch: unknown key (did you mean 'epochs'?)",
+    ),
     ("wrong type", lambda d: _set(d, "train.epochs", "ten"), [], "train.epochs: Input should be a valid integer"),
     ("negative epochs", lambda d: _set(d, "train.epochs", -1), [], "train.epochs: Input should be greater than 0"),
     ("zero lr", lambda d: _set(d, "train.lr", 0), [], "train.lr: Input should be greater than 0"),
-    ("tolerance above 1", lambda d: _set(d, "selection.tolerance", 1.5), [], "selection.tolerance: Input should be less than 1"),
-    ("tolerance zero", lambda d: _set(d, "selection.tolerance", 0), [], "selection.tolerance: Input should be greater than 0"),
+    (
+        "tolerance above 1",
+        lambda d: _set(d, "selection.tolerance", 1.5),
+        [],
+        "selection.tolerance: Input should be less than 1",
+    ),
+    (
+        "tolerance zero",
+        lambda d: _set(d, "selection.tolerance", 0),
+        [],
+        "selection.tolerance: Input should be greater than 0",
+    ),
     (
         "log bound not positive",
-        lambda d: _set(_set(d, "search.algorithm", "optuna"), "search.space", {"train.lr": {"low": 0, "high": 1, "log": True}}),
+        lambda d: _set(
+            _set(d, "search.algorithm", "optuna"), "search.space", {"train.lr": {"low": 0, "high": 1, "log": True}}
+        ),
         [],
         "log-scale bounds must be > 0",
     ),
-    ("empty grid", lambda d: _set(d, "search.space", {"method.params.cov_weight": {"values": []}}), [], "values is empty"),
-    ("grid with a range", lambda d: _set(d, "search.space", {"train.lr": {"low": 0.1, "high": 1}}), [], "grid algorithm needs values"),
+    (
+        "empty grid",
+        lambda d: _set(d, "search.space", {"method.params.cov_weight": {"values": []}}),
+        [],
+        "values is empty",
+    ),
+    (
+        "grid with a range",
+        lambda d: _set(d, "search.space", {"train.lr": {"low": 0.1, "high": 1}}),
+        [],
+        "grid algorithm needs values",
+    ),
     ("unknown method", lambda d: _set(d, "method.name", "mocov9"), [], "method.name: Input should be"),
     ("unknown backbone", lambda d: _set(d, "model.backbone", "vgg11"), [], "model.backbone: Input should be"),
     ("unknown dataset", lambda d: _set(d, "data.dataset", "mnist"), [], "data.dataset: Input should be"),
@@ -69,7 +96,12 @@ CASES = [
         [],
         "'/no/such/stl10' does not exist",
     ),
-    ("selection param not searched", lambda d: _set(d, "selection.param", "train.lr"), [], "'train.lr' is not searched"),
+    (
+        "selection param not searched",
+        lambda d: _set(d, "selection.param", "train.lr"),
+        [],
+        "'train.lr' is not searched",
+    ),
     (
         "search key not of this method",
         lambda d: _set(d, "search.space", {"method.params.temperature": {"values": [0.1]}}),
@@ -82,7 +114,12 @@ CASES = [
         ["--set", "selection.param=train.lrr"],
         "train has no 'lrr' (did you mean 'lr'?)",
     ),
-    ("unknown hyperparameter", lambda d: _set(d, "method.params", {"cov": 1.0}), [], "vicreg has no hyperparameter 'cov'"),
+    (
+        "unknown hyperparameter",
+        lambda d: _set(d, "method.params", {"cov": 1.0}),
+        [],
+        "vicreg has no hyperparameter 'cov'",
+    ),
     ("bad sweep name", lambda d: _set(d, "name", "my sweep/1"), [], "not a usable sweep name"),
     ("missing name", lambda d: _drop(d, "name"), [], "name: required key is missing"),
     ("unknown objective", lambda d: _set(d, "search.objective", "accuracy"), [], "unknown objective 'accuracy'"),
@@ -112,7 +149,11 @@ def _run(tmp_path: Path, data: dict, extra: list[str]) -> subprocess.CompletedPr
     env.pop("RAY_ADDRESS", None)
     return subprocess.run(
         [sys.executable, "-m", "sweeper.cli", "run", str(path), *extra],
-        cwd=tmp_path, capture_output=True, text=True, timeout=180, env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
     )
 
 

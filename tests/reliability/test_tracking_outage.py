@@ -36,7 +36,11 @@ def test_metrics_survive_a_tracking_outage(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     driver = subprocess.Popen(
         [sys.executable, "-m", "sweeper.cli", "run", "config.yaml", "--quiet"],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         client = MlflowClient(uri)
