@@ -15,7 +15,6 @@ import functools
 import logging
 import math
 import os
-import pickle
 import socket
 import time
 from collections import deque
@@ -222,7 +221,7 @@ def _check_cluster(config: SweeperConfig) -> None:
             f"search.resources asks {wanted.cpu:g} CPU + {wanted.gpu:g} GPU per trial but the largest "
             f"node has {biggest[0]:g} CPU + {biggest[1]:g} GPU: lower search.resources or add such nodes"
         )
-    if len(nodes) > 1 and "://" not in config.storage_path:
+    if len(nodes) > 1:  # storage_path is a path: URIs are refused when the config loads
         _check_shared(Path(config.storage_path).expanduser().resolve(), nodes)
 
 
@@ -477,7 +476,7 @@ def _error_summary(trial: Any) -> str | None:
     try:
         path = Path(trial.pickled_error_file or "")
         # Tune's own pickle of the trial's exception, written by this driver a moment ago.
-        error = pickle.loads(path.read_bytes()) if path.is_file() else trial.get_pickled_error()
+        error = cloudpickle.loads(path.read_bytes()) if path.is_file() else trial.get_pickled_error()
     except Exception:  # an unreadable error file must not stop the sweep
         return None
     cause = getattr(error, "cause", None) or error

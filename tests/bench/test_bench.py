@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from sweeper.config import load_config
 
@@ -26,11 +25,7 @@ def bench_modules():
         sys.path.remove(str(BENCH))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiny(**overrides):
@@ -66,7 +61,6 @@ def test_throughput_measures_both_loops_and_their_ratio(bench_modules) -> None:
 
 def test_eval_cost_times_rankme_and_the_probes_on_one_trained_model(bench_modules) -> None:
     _, eval_cost = bench_modules
-    torch.set_num_threads(1)
     cost = eval_cost.evaluation_costs(_tiny(), repeats=1)
     assert cost["samples"] == 1437  # every digits training image
     for key in ("train_s", "rankme_s", "linear_s", "knn_s"):
