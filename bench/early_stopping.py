@@ -5,7 +5,7 @@ For each digits sweep with collapsing configurations, the same grid runs twice w
 
 * **full grid**: every trial trains every epoch (no scheduler, no collapse abort);
 * **early stopping**: ``search.scheduler: asha`` on the objective (clipped embedding RankMe,
-  evaluated every 5 epochs) with ``grace_period``/``reduction_factor``, plus
+  evaluated every ``--every-n-epochs``, default 2) with ``grace_period``/``reduction_factor``, plus
   ``evaluation.collapse`` (abort a trial whose RankMe stays below ``fraction · K`` for two
   evaluations).
 
@@ -65,6 +65,7 @@ def run_pair(
     reduction_factor: float,
     collapse_fraction: float,
     order: str,
+    every_n_epochs: int = 2,
     seed: int = 0,
 ) -> dict[str, Any]:
     """The full grid and the early-stopped sweep of ``sweep``; trial tables, picks, epochs."""
@@ -79,6 +80,7 @@ def run_pair(
         "search.max_concurrent": 2,
         "search.resources": {"cpu": 1, "gpu": 0},
         "evaluation.oracle": ["linear"],
+        "evaluation.every_n_epochs": every_n_epochs,
     }
     full_config = bench_config(directory, f"bench-es-{sweep}-full-{stamp}", base=ROOT / path, overrides=common)
     early_config = bench_config(
@@ -142,9 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sweeps", nargs="+", choices=sorted(SWEEPS), default=["vicreg", "simclr"])
     parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--grace-period", type=int, default=5, help="ASHA's first rung, in epochs")
-    parser.add_argument("--reduction-factor", type=float, default=3.0)
+    parser.add_argument("--grace-period", type=int, default=2, help="ASHA's first rung, in epochs")
+    parser.add_argument("--reduction-factor", type=float, default=4.0, help="Ray's ASHA default")
     parser.add_argument("--collapse-fraction", type=float, default=0.02, help="collapse below fraction · K")
+    parser.add_argument("--every-n-epochs", type=int, default=2, help="RankMe evaluated every N epochs (both sweeps)")
     parser.add_argument("--order", choices=["shuffled", "ascending"], default="shuffled")
     parser.add_argument("--workdir", default=None, help="keep the sweeps and MLflow store here (default: temporary)")
     args = parser.parse_args(argv)
@@ -164,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
                 reduction_factor=args.reduction_factor,
                 collapse_fraction=args.collapse_fraction,
                 order=args.order,
+                every_n_epochs=args.every_n_epochs,
             )
             name = out["key"].rsplit(".", 1)[-1]
             print(f"{sweep}: {name} grid run in the order {out['order']}\n")

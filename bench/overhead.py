@@ -15,7 +15,7 @@ trials must agree (same seed, same thread count): the largest RankMe difference 
 
 Usage::
 
-    python bench/overhead.py                    # K = 3 trials of 20 epochs (~25 s each)
+    python bench/overhead.py                    # the quickstart's K = 6 trials, 40 epochs (~30 s each)
     python bench/overhead.py --trials 2 --epochs 10
 """
 
@@ -61,8 +61,8 @@ def measure(*, trials: int, epochs: int, directory_name: str | None = None) -> d
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--trials", type=int, default=3, help="K trials (the first K quickstart grid values)")
-    parser.add_argument("--epochs", type=int, default=20, help="epochs per trial")
+    parser.add_argument("--trials", type=int, default=6, help="K trials (the first K quickstart grid values)")
+    parser.add_argument("--epochs", type=int, default=40, help="epochs per trial")
     parser.add_argument("--workdir", default=None, help="keep the sweep and MLflow store here (default: temporary)")
     args = parser.parse_args(argv)
     print(f"{args.trials} quickstart trials × {args.epochs} epochs, one at a time, 1 thread; {machine_line()}\n")

@@ -9,7 +9,7 @@ time from the first trial's start to the last trial's end, from Tune's results).
 
 Usage::
 
-    python bench/parallel.py                    # K = 4 trials of 10 epochs
+    python bench/parallel.py                    # the quickstart: K = 6 trials of 20 epochs
     python bench/parallel.py --trials 2 --epochs 20
 """
 
@@ -70,8 +70,8 @@ def measure(*, trials: int, epochs: int, directory_name: str | None = None) -> d
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--trials", type=int, default=4, help="K trials (the first K quickstart grid values)")
-    parser.add_argument("--epochs", type=int, default=10, help="epochs per trial")
+    parser.add_argument("--trials", type=int, default=6, help="K trials (the first K quickstart grid values)")
+    parser.add_argument("--epochs", type=int, default=20, help="epochs per trial")
     parser.add_argument("--workdir", default=None, help="keep the sweeps and MLflow store here (default: temporary)")
     args = parser.parse_args(argv)
     print(f"{args.trials} quickstart trials × {args.epochs} epochs, 1 CPU / 1 thread per trial; {machine_line()}\n")

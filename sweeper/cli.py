@@ -80,8 +80,8 @@ def _parser() -> argparse.ArgumentParser:
     submit.set_defaults(handler=_submit)
 
     resume = commands.add_parser("resume", help="continue an interrupted sweep")
-    resume.add_argument("sweep", help="sweep directory, or sweep name under --storage-path")
-    resume.add_argument("--storage-path", default="./sweeps", help="where to look for a sweep name")
+    resume.add_argument("sweep", help="sweep directory or URI, or sweep name under --storage-path")
+    resume.add_argument("--storage-path", default="./sweeps", help="where to look for a sweep name (a path or a URI)")
     resume.add_argument("--address", help="existing Ray cluster: auto or ray://HOST:10001")
     resume.add_argument(
         "--num-samples", type=int, help="grow the sweep to this many trials (grid: repeats of the grid)"
@@ -90,8 +90,8 @@ def _parser() -> argparse.ArgumentParser:
     resume.set_defaults(handler=_resume)
 
     status = commands.add_parser("status", help="trials of a sweep, their states and the current picks")
-    status.add_argument("sweep", help="sweep directory, or sweep name under --storage-path")
-    status.add_argument("--storage-path", default="./sweeps", help="where to look for a sweep name")
+    status.add_argument("sweep", help="sweep directory or URI, or sweep name under --storage-path")
+    status.add_argument("--storage-path", default="./sweeps", help="where to look for a sweep name (a path or a URI)")
     status.set_defaults(handler=_status)
 
     compare = commands.add_parser(
@@ -173,12 +173,13 @@ def _resume(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     from sweeper.report import format_summary, select
-    from sweeper.sweep import load_sweep_config, sweep_directory, trial_table
+    from sweeper.sweep import load_sweep_config, sweep_location, trial_table
 
     config = load_sweep_config(args.sweep, storage_path=args.storage_path)
-    table = trial_table(sweep_directory(config), config)
+    location = sweep_location(config)
+    table = trial_table(location, config)
     counts = table["status"].value_counts().to_dict() if len(table) else {}
-    print(f"{sweep_directory(config)}: " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())))
+    print(f"{location.uri}: " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())))
     print(format_summary(table, select(table, config), config))
     return 0
 

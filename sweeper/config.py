@@ -300,15 +300,10 @@ class SweeperConfig(_Strict):
 
     @field_validator("storage_path")
     @classmethod
-    def _mounted_storage(cls, value: str) -> str:
-        # Ray Tune could write trials to object storage, but the sweep's own files (sweeper.yaml,
-        # trials.csv, the report) and resume/status/compare read a directory.
-        if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", value):
-            raise ValueError(
-                f"{value!r}: object storage URIs are not supported; mount the bucket on every node "
-                "(s3fs, gcsfuse, an NFS export) and give the mount path, e.g. storage_path: /shared/sweeps"
-            )
-        return value
+    def _storage_uri(cls, value: str) -> str:
+        from sweeper.storage import check_storage_uri, is_uri
+
+        return check_storage_uri(value) if is_uri(value) else value
 
     @field_validator("name")
     @classmethod

@@ -144,11 +144,13 @@ class CARPParams(MethodParams):
     """CARP (Silva & Ramírez Rivera; papers/002): ``num_prototypes`` K = 65 536 split each step
     into random blocks of ``block_size`` N_B = 512 prototypes; EMA teacher with ``base_momentum``
     0.99 → 1 (cosine). N_B = K (a single block) collapses (Table B.2); small batches want a
-    smaller N_B."""
+    smaller N_B. ``entropy_weight`` λ_e scales the uniform-assignment term (eq. 3; 1 in eq. 4):
+    λ_e = 0 optimises consistency alone, which collapses to one prototype (§3)."""
 
     num_prototypes: PositiveInt = 65536
     block_size: PositiveInt = 512
     base_momentum: Momentum = 0.99
+    entropy_weight: NonNegativeFloat = 1.0
 
     @model_validator(mode="after")
     def _block_fits(self) -> CARPParams:

@@ -16,11 +16,13 @@ import logging
 import math
 import os
 import socket
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pandas as pd
@@ -33,6 +35,7 @@ from ray.tune.search.optuna import OptunaSearch
 from sweeper import report
 from sweeper.config import SweeperConfig, load_config
 from sweeper.selection import Pick
+from sweeper.storage import StorageError, SweepLocation
 from sweeper.tracking import SweepTracker, TrackingError, check_tracking_uri, flatten
 from sweeper.trainable import train_trial
 
@@ -45,6 +48,7 @@ __all__ = [
     "publish_report",
     "run_sweep",
     "sweep_directory",
+    "sweep_location",
     "sweep_report",
     "trial_spectra",
     "trial_table",
@@ -67,8 +71,25 @@ class SweepResult:
     parent_run_id: str | None
 
 
+def sweep_location(config: SweeperConfig) -> SweepLocation:
+    """Where the sweep's trials, checkpoints and files live: ``<storage_path>/<name>``, a local
+    directory or one in a pyarrow filesystem (``s3://...``)."""
+    return SweepLocation.of(config.storage_path).child(config.name)
+
+
 def sweep_directory(config: SweeperConfig) -> Path:
-    return Path(config.storage_path).expanduser().resolve() / config.name
+    """The sweep's local directory: the sweep directory itself, or for a URI ``storage_path``
+    the local copy of its report (see :mod:`sweeper.storage`)."""
+    return sweep_location(config).local_path
+
+
+def _tune_filesystem(location: SweepLocation) -> Any:
+    """Ray Tune's ``storage_filesystem``: None for a local path (Tune's own default)."""
+    return None if location.is_local else location.filesystem
+
+
+def _location(where: SweepLocation | Path | str) -> SweepLocation:
+    return where if isinstance(where, SweepLocation) else SweepLocation.of(where)
 
 
 # Keys a resumed sweep may change; everything else defines the trials and must stay.
@@ -77,23 +98,29 @@ _RESUMABLE_CHANGES = ("search.max_concurrent", "search.max_failures", "search.nu
 
 def preflight(config: SweeperConfig, *, resume: bool = False) -> None:
     """Everything checked before a sweep writes anything."""
-    directory = sweep_directory(config)
-    if directory.exists() and not resume:
+    location = sweep_location(config)
+    try:
+        exists = location.exists()
+        if not location.is_local:
+            _check_bucket(location)
+    except StorageError as exc:
+        raise SweepError(str(exc)) from None
+    if exists and not resume:
         raise SweepError(
-            f"sweep {config.name!r} already exists at {directory}: resume it with --resume, or choose another --name"
+            f"sweep {config.name!r} already exists at {location.uri}: resume it with --resume, or choose another --name"
         )
     if resume:
-        if not tune.Tuner.can_restore(str(directory)):
+        if not tune.Tuner.can_restore(location.path, storage_filesystem=_tune_filesystem(location)):
             raise SweepError(
-                f"no resumable sweep at {directory}: start it without --resume "
+                f"no resumable sweep at {location.uri}: start it without --resume "
                 "(delete the directory first if it holds an aborted start)"
             )
-        saved = load_sweep_config(directory)
+        saved = load_sweep_config(location.uri)
         changed = _changed_keys(saved.to_dict(), config.to_dict())
         if changed:
             raise SweepError(
                 f"cannot resume {config.name!r} with a different {changed[0]}: the saved config "
-                f"is {directory / CONFIG_FILE}; resume with `sweeper resume {directory}`"
+                f"is {location.uri}/{CONFIG_FILE}; resume with `sweeper resume {location.uri}`"
             )
         had, wanted = saved.search.num_samples, config.search.num_samples
         if wanted < had:
@@ -104,20 +131,37 @@ def preflight(config: SweeperConfig, *, resume: bool = False) -> None:
     check_tracking_uri(config.tracking.uri)
 
 
+def _check_bucket(location: SweepLocation) -> None:
+    """The bucket (or container) of a URI ``storage_path`` must exist: Tune would otherwise fail
+    on its first write, after the trials started."""
+    bucket = location.path.split("/", 1)[0]
+    if not SweepLocation(location.filesystem, bucket, bucket).exists():
+        raise SweepError(
+            f"storage_path {SweepLocation.of(location.parent_uri()).uri}: bucket {bucket!r} does not exist: "
+            "create it, or fix storage_path"
+        )
+
+
 def load_sweep_config(name_or_path: str | Path, *, storage_path: str | Path = "./sweeps") -> SweeperConfig:
     """The config a sweep was started with, from its directory or its name under ``storage_path``.
 
     ``storage_path`` and ``name`` are set from where the sweep was found, so a sweep directory
     that was moved or mounted elsewhere resumes in place.
     """
-    candidates = [Path(name_or_path).expanduser(), Path(storage_path).expanduser() / str(name_or_path)]
-    for directory in candidates:
-        if (directory / CONFIG_FILE).is_file():
-            directory = directory.resolve()
-            return load_config(
-                directory / CONFIG_FILE,
-                overrides={"storage_path": str(directory.parent), "name": directory.name},
-            )
+    candidates = [SweepLocation.of(name_or_path)]
+    if not isinstance(name_or_path, Path) and "://" not in str(name_or_path):
+        candidates.append(SweepLocation.of(storage_path).child(str(name_or_path)))
+    for location in candidates:
+        try:
+            if not location.is_file(CONFIG_FILE):
+                continue
+            text = location.read_bytes(CONFIG_FILE).decode()
+        except StorageError as exc:
+            raise SweepError(str(exc)) from None
+        return load_config(
+            data=yaml.safe_load(text),
+            overrides={"storage_path": location.parent_uri(), "name": location.name},
+        )
     raise SweepError(
         f"no sweep {str(name_or_path)!r}: give its directory or its name under {storage_path} "
         f"(a sweep directory holds {CONFIG_FILE})"
@@ -143,29 +187,56 @@ def run_sweep(
     # Fail fast on a tracking outage: the callback's outbox retries instead of blocking Tune.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-    directory = sweep_directory(config)
+    location = sweep_location(config)
     tracker = SweepTracker(uri=config.tracking.uri, experiment=config.experiment_name, sweep=config.name)
     started_ray = _connect(address)
+    shutdown: threading.Thread | None = None
     try:
         _check_cluster(config)
-        tracker.start_parent(config.to_dict())
-        tuner = _tuner(config, tracker, resume=resume, verbose=verbose)
+        start_parent = functools.partial(tracker.start_parent, config.to_dict())
+        parent: Future | None = None
+        if resume:  # the restored tracking callback looks the parent run up: it must exist first
+            start_parent()
+        else:  # created while Tune starts the first trial's process (seconds each); the tracking
+            # callback waits for it before its first write
+            parent = _in_thread(start_parent, name="mlflow-parent")
+        tuner = _tuner(config, tracker, parent=parent, resume=resume, verbose=verbose)
         if not resume:
-            directory.mkdir(parents=True, exist_ok=True)
-            report.write_atomic(directory / CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False))
+            _save_config(location, config)
         tuner.fit()
-        sweep = sweep_report(directory, config)
+        if parent is not None:
+            parent.result()
+        if started_ray:  # Ray is done: stop it while the report is written (both take ~1.5 s)
+            shutdown = threading.Thread(target=ray.shutdown, name="ray-shutdown")
+            shutdown.start()
+        sweep = sweep_report(location, config)
         publish_report(sweep, tracker)
         tracker.finish_parent()
-        return SweepResult(directory, sweep.table, dict(sweep.picks), tracker.parent_id)
+        return SweepResult(location.local_path, sweep.table, dict(sweep.picks), tracker.parent_id)
     except BaseException:
         if tracker.parent_id is not None:
             with contextlib.suppress(Exception):  # the original error matters more
                 tracker.finish_parent(status="KILLED")
         raise
     finally:
-        if started_ray:
+        if shutdown is not None:
+            shutdown.join()
+        elif started_ray:
             ray.shutdown()
+
+
+def _in_thread(function: Callable[[], Any], *, name: str) -> Future:
+    """Run ``function`` in a daemon thread; its result (or exception) in the returned future."""
+    future: Future = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(function())
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return future
 
 
 def _connect(address: str | None) -> bool:
@@ -221,8 +292,9 @@ def _check_cluster(config: SweeperConfig) -> None:
             f"search.resources asks {wanted.cpu:g} CPU + {wanted.gpu:g} GPU per trial but the largest "
             f"node has {biggest[0]:g} CPU + {biggest[1]:g} GPU: lower search.resources or add such nodes"
         )
-    if len(nodes) > 1:  # storage_path is a path: URIs are refused when the config loads
-        _check_shared(Path(config.storage_path).expanduser().resolve(), nodes)
+    storage = SweepLocation.of(config.storage_path)
+    if len(nodes) > 1 and storage.is_local:  # object storage is shared by nature
+        _check_shared(Path(storage.path), nodes)
 
 
 def _check_shared(storage: Path, nodes: list[dict[str, Any]]) -> None:
@@ -252,22 +324,29 @@ def _check_shared(storage: Path, nodes: list[dict[str, Any]]) -> None:
         )
 
 
-def _tuner(config: SweeperConfig, tracker: SweepTracker, *, resume: bool, verbose: int) -> tune.Tuner:
-    directory = sweep_directory(config)
+def _save_config(location: SweepLocation, config: SweeperConfig) -> None:
+    location.write_bytes(CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False).encode())
+
+
+def _tuner(
+    config: SweeperConfig, tracker: SweepTracker, *, parent: Future | None = None, resume: bool, verbose: int
+) -> tune.Tuner:
+    location = sweep_location(config)
+    filesystem = _tune_filesystem(location)
     resources = config.search.resources
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, base_config=config.to_dict()),
         {"cpu": resources.cpu, "gpu": resources.gpu},
     )
     if resume:
-        saved = load_sweep_config(directory)
-        added = _grow(directory, config, had=saved.search.num_samples)
+        saved = load_sweep_config(location.uri)
+        added = _grow(location, config, had=saved.search.num_samples)
         if added:
             _log.info(
                 "extending sweep %s by %d trials (search.num_samples=%d)", config.name, added, config.search.num_samples
             )
-            report.write_atomic(directory / CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False))
-        return tune.Tuner.restore(str(directory), trainable, resume_errored=True)
+            _save_config(location, config)
+        return tune.Tuner.restore(location.path, trainable, resume_errored=True, storage_filesystem=filesystem)
     search = config.search
     param_space: dict[str, Any] = {}
     search_alg = None
@@ -303,11 +382,15 @@ def _tuner(config: SweeperConfig, tracker: SweepTracker, *, resume: bool, verbos
             max_concurrent_trials=search.max_concurrent,
             search_alg=search_alg,
             scheduler=_scheduler(config),
+            # A finished trial's worker process (torch and sweeper imported) runs the next
+            # trial: ~4 s of process start-up and imports saved per trial.
+            reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name=config.name,
-            storage_path=str(directory.parent),
-            callbacks=[_TrackingCallback(tracker, list(search.space))],
+            storage_path=str(PurePosixPath(location.path).parent),
+            storage_filesystem=filesystem,
+            callbacks=[_TrackingCallback(tracker, list(search.space), parent=parent)],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             failure_config=tune.FailureConfig(max_failures=search.max_failures),
             verbose=verbose,
@@ -315,7 +398,7 @@ def _tuner(config: SweeperConfig, tracker: SweepTracker, *, resume: bool, verbos
     )
 
 
-def _grow(directory: Path, config: SweeperConfig, *, had: int) -> int:
+def _grow(location: SweepLocation, config: SweeperConfig, *, had: int) -> int:
     """Raise a restored sweep's trial budget from ``had`` to ``search.num_samples``; return how
     many trials that adds.
 
@@ -330,13 +413,13 @@ def _grow(directory: Path, config: SweeperConfig, *, had: int) -> int:
     if wanted <= had:
         return 0
     pattern = "basic-variant-state-*.json" if search.algorithm == "grid" else "search_gen_state-*.json"
-    paths = sorted(directory.glob(pattern))  # Tune names them by session time: the last is the newest
-    if not paths:
+    names = location.glob(pattern)  # Tune names them by session time: the last is the newest
+    if not names:
         raise SweepError(
-            f"cannot extend {config.name!r} to search.num_samples={wanted}: {directory} holds no saved "
+            f"cannot extend {config.name!r} to search.num_samples={wanted}: {location.uri} holds no saved "
             f"search state ({pattern}); resume it with search.num_samples={had}"
         )
-    state = cloudpickle.loads(paths[-1].read_bytes())
+    state = cloudpickle.loads(location.read_bytes(names[-1]))
     if search.algorithm == "grid":
         from ray.tune.search.basic_variant import _TrialIterator
 
@@ -360,9 +443,7 @@ def _grow(directory: Path, config: SweeperConfig, *, had: int) -> int:
         added = wanted - state["total_samples"]
         state["total_samples"] = wanted
         state["finished"] = False
-    temporary = paths[-1].with_name(f".{paths[-1].name}.grow")
-    temporary.write_bytes(cloudpickle.dumps(state))
-    os.replace(temporary, paths[-1])
+    location.write_bytes(names[-1], cloudpickle.dumps(state))
     return added
 
 
@@ -406,16 +487,19 @@ class _TrackingCallback(tune.Callback):
     retried write never duplicates a point.
     """
 
-    def __init__(self, tracker: SweepTracker, searched: list[str], *, retry_s: float = 600.0) -> None:
+    def __init__(
+        self, tracker: SweepTracker, searched: list[str], *, parent: Future | None = None, retry_s: float = 600.0
+    ) -> None:
         self.tracker = tracker
         self.searched = searched
         self.retry_s = retry_s
+        self._parent = parent  # the parent run being created; writes wait for it
         self._pending: deque[Callable[[], object]] = deque()
         self._retry_at = 0.0
         self.failures = 0
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_pending": deque()}
+        return {**self.__dict__, "_pending": deque(), "_parent": None}
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         params = {key: trial.config.get(key) for key in self.searched if key in trial.config}
@@ -442,6 +526,9 @@ class _TrackingCallback(tune.Callback):
         self.flush(wait_s=self.retry_s)
 
     def _do(self, operation: Callable[..., object], *args: Any, **kwargs: Any) -> None:
+        if self._parent is not None:
+            self._parent.result()  # raises what creating the parent raised
+            self._parent = None
         self._pending.append(functools.partial(operation, *args, **kwargs))
         self.flush()
 
@@ -489,15 +576,16 @@ def _error_summary(trial: Any) -> str | None:
 _RAY_STATUS = {"RUNNING": "running", "PENDING": "pending", "PAUSED": "pending", "ERROR": "failed"}
 
 
-def trial_table(directory: Path | str, config: SweeperConfig) -> pd.DataFrame:
-    """One row per trial of the sweep at ``directory``: ``trial_id``, searched keys, final
+def trial_table(directory: SweepLocation | Path | str, config: SweeperConfig) -> pd.DataFrame:
+    """One row per trial of the sweep at ``directory`` (a path, a URI or a location): ``trial_id``, searched keys, final
     metrics, ``status``, ``epochs_done``, ``wall_s`` (the ``trials.csv`` contract).
 
     Read from Ray Tune's experiment state on disk, so it works on a finished, a running and an
     interrupted sweep alike. A metric's final value is its last reported value: a trial that
     diverged or failed keeps the metrics it had.
     """
-    analysis = ExperimentAnalysis(str(directory))
+    location = _location(directory)
+    analysis = ExperimentAnalysis(location.path, storage_filesystem=_tune_filesystem(location))
     frames = analysis.trial_dataframes
     keys = list(config.search.space)
     rows = []
@@ -518,7 +606,7 @@ def trial_table(directory: Path | str, config: SweeperConfig) -> pd.DataFrame:
             status = last.get("status", "failed")
             # Terminated while its last result said "running": a scheduler stopped it early.
             row["status"] = "stopped" if status == "running" else status
-        elif trial.status == "ERROR" or (Path(trial.path) / "error.txt").exists():
+        elif trial.status == "ERROR" or SweepLocation(location.filesystem, trial.path, trial.path).is_file("error.txt"):
             # Tune's last state snapshot can predate the error; its error file cannot.
             row["status"] = "failed"
         elif trial.status == "PENDING" and last.get("epoch"):
@@ -534,29 +622,31 @@ def trial_table(directory: Path | str, config: SweeperConfig) -> pd.DataFrame:
     return table
 
 
-def trial_spectra(directory: Path | str) -> dict[str, list[float]]:
+def trial_spectra(directory: SweepLocation | Path | str) -> dict[str, list[float]]:
     """``{trial_id: singular values}`` of the final embeddings of each trial that reached its
     last epoch (``spectrum/embedding`` of its last Tune result; descending)."""
     spectra: dict[str, list[float]] = {}
-    for trial in ExperimentAnalysis(str(directory)).trials:
+    location = _location(directory)
+    for trial in ExperimentAnalysis(location.path, storage_filesystem=_tune_filesystem(location)).trials:
         values = (trial.last_result or {}).get("spectrum/embedding")
         if isinstance(values, list | tuple) and values:
             spectra[trial.trial_id] = [float(v) for v in values]
     return spectra
 
 
-def sweep_report(directory: Path | str, config: SweeperConfig) -> report.SweepReport:
+def sweep_report(directory: SweepLocation | Path | str, config: SweeperConfig) -> report.SweepReport:
     """The sweep at ``directory`` as it stands (finished or not): trial table, spectra and
-    every rule's pick."""
+    every rule's pick; the report's directory is the sweep's local one."""
+    location = _location(directory)
     # Tune warns about every trial without results yet; the report counts them as pending.
     analysis_logger = logging.getLogger("ray.tune.analysis.experiment_analysis")
     level = analysis_logger.level
     analysis_logger.setLevel(logging.ERROR)
     try:
-        table, spectra = trial_table(directory, config), trial_spectra(directory)
+        table, spectra = trial_table(location, config), trial_spectra(location)
     finally:
         analysis_logger.setLevel(level)
-    return report.SweepReport.build(config, table, spectra=spectra, directory=Path(directory))
+    return report.SweepReport.build(config, table, spectra=spectra, directory=location.local_path)
 
 
 SELECTED_BY_TAG = "sweeper.selected_by"
@@ -572,11 +662,15 @@ def publish_report(sweep: report.SweepReport, tracker: SweepTracker | None = Non
     Returns the files written.
     """
     assert sweep.directory is not None, "publish_report needs the sweep directory"
+    sweep.directory.mkdir(parents=True, exist_ok=True)  # a URI sweep's local copy starts empty
     trials = report.write_atomic(sweep.directory / TRIALS_FILE, sweep.table.to_csv(index=False))
     files = [
         trials,
         *report.write_report(sweep.table, sweep.picks, sweep.config, sweep.directory, spectra=sweep.spectra),
     ]
+    location = sweep_location(sweep.config)
+    if not location.is_local:  # the local files are the report's copy; the sweep keeps its own
+        location.upload(files, root=sweep.directory)
     if tracker is not None and tracker.parent_id is not None:
         tracker.log_parent_artifacts(files)
         tracker.set_parent_tags(
@@ -629,10 +723,10 @@ def compare_sweeps(
     loaded = []
     for name in sweeps:
         config = load_sweep_config(name, storage_path=storage_path)
-        directory = sweep_directory(config)
-        if not tune.Tuner.can_restore(str(directory)):
-            raise SweepError(f"sweep {config.name!r} at {directory} has no trial state yet: nothing to compare")
-        loaded.append(sweep_report(directory, config))
+        location = sweep_location(config)
+        if not tune.Tuner.can_restore(location.path, storage_filesystem=_tune_filesystem(location)):
+            raise SweepError(f"sweep {config.name!r} at {location.uri} has no trial state yet: nothing to compare")
+        loaded.append(sweep_report(location, config))
     files: dict[Path, list[Path]] = {}
     tracking: dict[Path, str] = {}
     for sweep in loaded:

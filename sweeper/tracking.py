@@ -157,6 +157,8 @@ class SweepTracker:
         """The trial's run: found by its tags when it exists (resume), else created."""
         if trial_id in self._children:
             return self._children[trial_id]
+        if self.parent_id is None:  # a tracker restored with Tune's state before its parent was made
+            self.parent_id = self.find_parent()
         if self.parent_id is None:
             raise TrackingError("start_parent() must run before child runs are made")
         runs = self.client.search_runs(

@@ -89,3 +89,22 @@ def stop(process: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=30)
+
+
+def start_s3(root: Path, port: int, *, timeout: float = 60) -> subprocess.Popen:
+    """An S3-compatible server (moto) on 127.0.0.1:``port``, in memory; its output goes to
+    ``root/s3-server.log``. Any credentials are accepted."""
+    log = root / "s3-server.log"
+    with log.open("ab") as output:
+        server = subprocess.Popen(
+            [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/moto-api/", timeout=timeout)
+    except TimeoutError as exc:
+        stop(server)
+        raise TimeoutError(f"{exc}; its log ends:\n{log.read_text(errors='replace')[-3000:]}") from None
+    return server

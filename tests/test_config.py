@@ -114,9 +114,24 @@ def test_suggest_is_define_by_run() -> None:
     assert config.search.suggest(fixed) == {"method.params.cov_weight": 1.0, "train.lr": 3e-3}
 
 
-@pytest.mark.parametrize("uri", ["s3://bucket/sweeps", "gs://bucket/sweeps", "file:///tmp/sweeps"])
-def test_object_storage_uri_is_refused_with_the_mount_advice(tmp_path: Path, uri: str) -> None:
+@pytest.mark.parametrize(
+    "uri", ["s3://bucket/sweeps", "gs://bucket/sweeps", "file:///tmp/sweeps", "s3://b/s?endpoint_override=h:9000"]
+)
+def test_filesystem_uris_are_accepted_as_storage(tmp_path: Path, uri: str) -> None:
     data = tiny_config_data(tmp_path)
-    with pytest.raises(ConfigError, match=r"storage_path: .*object storage URIs are not supported; mount the bucket"):
+    assert load_config(data={**data, "storage_path": uri}).storage_path == uri
+
+
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        ("ftp://host/sweeps", r"unsupported storage scheme 'ftp'"),
+        ("s3:///sweeps", r"names no bucket"),
+        ("s3://b/s?access_key=AKIA&secret_key=x", r"carries access_key, secret_key: credentials do not belong"),
+    ],
+)
+def test_bad_storage_uri_is_refused_with_the_fix(tmp_path: Path, uri: str, message: str) -> None:
+    data = tiny_config_data(tmp_path)
+    with pytest.raises(ConfigError, match=rf"storage_path: .*{message}") as info:
         load_config(data={**data, "storage_path": uri})
-    assert load_config(data={**data, "storage_path": "/shared/sweeps"}).storage_path == "/shared/sweeps"
+    assert "secret_key=x" not in str(info.value)

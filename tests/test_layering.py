@@ -9,6 +9,7 @@ import pytest
 
 LOW_LAYERS = [
     "sweeper.config",
+    "sweeper.storage",
     "sweeper.hyperparams",
     "sweeper.selection",
     "sweeper.metrics",
@@ -32,6 +33,6 @@ def test_low_layer_does_not_import_ray_mlflow_optuna(module: str) -> None:
 
 
 def test_config_and_selection_import_without_torch() -> None:
-    code = "import sys, sweeper.config, sweeper.selection; print('torch' in sys.modules)"
+    code = "import sys, sweeper.config, sweeper.selection, sweeper.storage; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

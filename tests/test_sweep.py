@@ -116,3 +116,27 @@ def test_asha_on_rankme_stops_the_low_rank_trials(tmp_path) -> None:
     assert table.loc[best, "status"] == "ok"
     picked = {tid for pick in result.picks.values() for tid in pick.trial_ids}
     assert not picked & set(stopped["trial_id"])
+
+
+def test_tracking_waits_for_the_parent_run_and_surfaces_its_failure(tmp_path) -> None:
+    import pickle
+    from concurrent.futures import Future
+
+    from sweeper.sweep import _TrackingCallback
+    from sweeper.tracking import SweepTracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    made = SweepTracker(uri=uri, experiment="e", sweep="s")
+    made.start_parent({"name": "s"})
+    # A tracker pickled (with Tune's state) before its parent existed finds the parent by name.
+    restored = pickle.loads(pickle.dumps(SweepTracker(uri=uri, experiment="e", sweep="s")))
+    assert restored.parent_id is None
+    restored.child("t1", {"x": 1})
+    assert restored.parent_id == made.parent_id
+
+    failed: Future = Future()
+    failed.set_exception(RuntimeError("tracking store refused the parent run"))
+    callback = _TrackingCallback(restored, ["x"], parent=failed)
+    assert pickle.loads(pickle.dumps(callback))._parent is None  # never pickled with Tune's state
+    with pytest.raises(RuntimeError, match="refused the parent run"):
+        callback.on_trial_complete(0, [], type("Trial", (), {"trial_id": "t1", "last_result": {}})())

@@ -60,6 +60,8 @@ def carp_loss(
     student_logits: Sequence[torch.Tensor],
     teacher_logits: Sequence[torch.Tensor],
     blocks: torch.Tensor,
+    *,
+    entropy_weight: float = 1.0,
 ) -> torch.Tensor:
     """CARP's random-partition loss (papers/002 eq. 4 / App. E).
 
@@ -67,9 +69,11 @@ def carp_loss(
         student_logits: the student's prototype logits of each view, each (B, K).
         teacher_logits: the teacher's logits of the same views, each (B, K) (no gradient).
         blocks: the partition, prototype indices (N_P, N_B).
+        entropy_weight: λ_e of eq. 3 (1 in eq. 4; 0 leaves the consistency term alone, which
+            "collapses to a state where all views are assigned to the same prototype", §3).
 
     Returns:
-        Σ_{v ≠ w} mean_{i,j} −log ⟨s^v_{i,j}, t^w_{i,j}⟩ + mean_j [log N_B − H(p̄_j)], a scalar.
+        Σ_{v ≠ w} mean_{i,j} −log ⟨s^v_{i,j}, t^w_{i,j}⟩ + λ_e·mean_j [log N_B − H(p̄_j)], a scalar.
     """
     s = [block_assignments(logits, blocks) for logits in student_logits]
     t = [block_assignments(logits, blocks) for logits in teacher_logits]
@@ -82,7 +86,7 @@ def carp_loss(
                 consistency = consistency - agreement.clamp(min=eps).log().mean()
     mean_assignment = torch.cat([*s, *t], dim=1).mean(dim=1)  # (N_P, N_B)
     entropy = -torch.special.xlogy(mean_assignment, mean_assignment).sum(dim=-1)
-    return consistency + (math.log(blocks.shape[1]) - entropy).mean()
+    return consistency + entropy_weight * (math.log(blocks.shape[1]) - entropy).mean()
 
 
 class _CARPHead(DINOProjectionHead):
@@ -117,6 +121,7 @@ class CARP(SSLMethod):
         num_prototypes: K.
         block_size: N_B, prototypes per random block (N_B = K collapses).
         base_momentum: base EMA momentum of the teacher (cosine-increased to 1).
+        entropy_weight: λ_e, the weight of the uniform-assignment term (0 collapses).
     """
 
     name = "carp"
@@ -129,6 +134,7 @@ class CARP(SSLMethod):
         num_prototypes: int,
         block_size: int,
         base_momentum: float,
+        entropy_weight: float,
     ) -> None:
         if not 0 < block_size <= num_prototypes:
             raise ValueError(f"block_size must be in [1, num_prototypes={num_prototypes}], got {block_size}")
@@ -140,13 +146,14 @@ class CARP(SSLMethod):
         self.num_prototypes = num_prototypes
         self.block_size = block_size
         self.base_momentum = base_momentum
+        self.entropy_weight = entropy_weight
 
     def training_loss(self, views: Sequence[torch.Tensor], *, progress: float) -> torch.Tensor:
         student = forward_views(lambda x: self.projector(self.backbone(x)), views)
         with torch.no_grad():
             teacher = forward_views(lambda x: self.teacher_head(self.teacher_backbone(x)), views)
         blocks = random_partition(self.num_prototypes, self.block_size, device=views[0].device)
-        return carp_loss(student, teacher, blocks)
+        return carp_loss(student, teacher, blocks, entropy_weight=self.entropy_weight)
 
     def after_step(self, *, progress: float) -> None:
         momentum = cosine_momentum(progress, self.base_momentum)

@@ -68,3 +68,13 @@ def test_eval_cost_times_rankme_and_the_probes_on_one_trained_model(bench_module
     assert 1 <= cost["rankme"] <= 16  # at most the embedding dimension
     assert 0.1 < cost["accuracy"] <= 1  # 10 classes: better than chance
     assert math.isfinite(cost["linear_s"] / cost["rankme_s"])
+
+
+def test_collapse_bench_runs_a_method_at_a_collapse_setting(bench_modules) -> None:
+    import collapse
+
+    method, label, trial = collapse._run("carp", "N_B = K", {"block_size": None}, 1)
+    assert (method, label, trial.status, trial.epochs_done) == ("carp", "N_B = K", "ok", 1)
+    assert 1 <= trial.metrics["rankme/embedding"] <= 64
+    assert 0 < trial.metrics["oracle/knn/digits"] <= 1
+    assert set(collapse.COLLAPSE) == {path.stem for path in collapse.DIGITS.glob("*.yaml")}

@@ -19,8 +19,10 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum()
 
 
-def _carp_np(student: list[np.ndarray], teacher: list[np.ndarray], blocks: np.ndarray) -> float:
-    """1/(N·N_P) Σ_i Σ_j [−log⟨s¹_ij, t²_ij⟩ − log⟨s²_ij, t¹_ij⟩] + 1/N_P Σ_j [log N_B − H(p̄_j)]."""
+def _carp_np(
+    student: list[np.ndarray], teacher: list[np.ndarray], blocks: np.ndarray, entropy_weight: float = 1.0
+) -> float:
+    """1/(N·N_P) Σ_i Σ_j [−log⟨s¹_ij, t²_ij⟩ − log⟨s²_ij, t¹_ij⟩] + λ_e/N_P Σ_j [log N_B − H(p̄_j)]."""
     n = len(student[0])
     n_p, n_b = blocks.shape
     consistency = 0.0
@@ -33,17 +35,18 @@ def _carp_np(student: list[np.ndarray], teacher: list[np.ndarray], blocks: np.nd
             consistency += -math.log(float(s[0][i] @ t[1][i])) - math.log(float(s[1][i] @ t[0][i]))
         mean = np.mean([*s[0], *s[1], *t[0], *t[1]], axis=0)
         entropy_term += math.log(n_b) + float(np.sum(mean * np.log(mean)))
-    return consistency / (n * n_p) + entropy_term / n_p
+    return consistency / (n * n_p) + entropy_weight * entropy_term / n_p
 
 
-@pytest.mark.parametrize("block_size", [4, 8, K])
-def test_loss_matches_the_formula(block_size) -> None:
+@pytest.mark.parametrize(("block_size", "entropy_weight"), [(4, 1.0), (8, 1.0), (K, 1.0), (8, 0.0), (8, 0.3)])
+def test_loss_matches_the_formula(block_size, entropy_weight) -> None:
     g = torch.Generator().manual_seed(0)
     student = [torch.randn(5, K, generator=g, dtype=torch.float64) * 2 for _ in range(2)]
     teacher = [torch.randn(5, K, generator=g, dtype=torch.float64) * 2 for _ in range(2)]
     blocks = torch.randperm(K, generator=g)[: K // block_size * block_size].view(-1, block_size)
-    expected = _carp_np([s.numpy() for s in student], [t.numpy() for t in teacher], blocks.numpy())
-    assert float(carp_loss(student, teacher, blocks)) == pytest.approx(expected, rel=1e-10)
+    expected = _carp_np([s.numpy() for s in student], [t.numpy() for t in teacher], blocks.numpy(), entropy_weight)
+    loss = carp_loss(student, teacher, blocks, entropy_weight=entropy_weight)
+    assert float(loss) == pytest.approx(expected, rel=1e-10)
 
 
 def test_random_partition_is_a_partition_redrawn_each_time() -> None:
@@ -59,11 +62,11 @@ def test_random_partition_is_a_partition_redrawn_each_time() -> None:
 
 def test_rejects_blocks_larger_than_the_prototype_set(backbone) -> None:
     with pytest.raises(ValueError, match="block_size"):
-        CARP(backbone, projector=[32, 16], num_prototypes=8, block_size=16, base_momentum=0.99)
+        CARP(backbone, projector=[32, 16], num_prototypes=8, block_size=16, base_momentum=0.99, entropy_weight=1.0)
 
 
 def test_teacher_is_an_ema_copy(backbone, make_views) -> None:
-    method = CARP(backbone, projector=[32, 16], num_prototypes=K, block_size=8, base_momentum=0.9)
+    method = CARP(backbone, projector=[32, 16], num_prototypes=K, block_size=8, base_momentum=0.9, entropy_weight=1.0)
     pairs = [(method.backbone, method.teacher_backbone), (method.projector, method.teacher_head)]
     for student, teacher in pairs:
         for s, t in zip(student.parameters(), teacher.parameters(), strict=True):
@@ -81,7 +84,7 @@ def test_teacher_is_an_ema_copy(backbone, make_views) -> None:
 
 
 def test_training_lowers_the_loss_and_embeds(backbone, make_views, loss_before_after, digits_batch) -> None:
-    method = CARP(backbone, projector=[64, 32], num_prototypes=64, block_size=16, base_momentum=0.9)
+    method = CARP(backbone, projector=[64, 32], num_prototypes=64, block_size=16, base_momentum=0.9, entropy_weight=1.0)
     before, after = loss_before_after(method, make_views(2), steps=10, lr=3e-3)
     assert after < 0.97 * before
     method.eval()

@@ -40,7 +40,7 @@ PARAMS = {
         "queue_start": 0.0,
         "num_local_crops": 1,
     },
-    "carp": {"num_prototypes": 64, "block_size": 16, "base_momentum": 0.95},
+    "carp": {"num_prototypes": 64, "block_size": 16, "base_momentum": 0.95, "entropy_weight": 0.5},
 }
 
 
