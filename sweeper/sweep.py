@@ -137,8 +137,7 @@ def _check_bucket(location: SweepLocation) -> None:
     bucket = location.path.split("/", 1)[0]
     if not SweepLocation(location.filesystem, bucket, bucket).exists():
         raise SweepError(
-            f"storage_path {SweepLocation.of(location.parent_uri()).uri}: bucket {bucket!r} does not exist: "
-            "create it, or fix storage_path"
+            f"storage_path {location.parent_uri()}: bucket {bucket!r} does not exist: create it, or fix storage_path"
         )
 
 
