@@ -42,7 +42,11 @@ def _is_user_error(exc: Exception) -> bool:
 
     kinds: list[type[Exception]] = [ConfigError, FileNotFoundError]
     # Only modules already imported can have raised their errors: never import ray/mlflow here.
-    for module, name in (("sweeper.sweep", "SweepError"), ("sweeper.tracking", "TrackingError")):
+    for module, name in (
+        ("sweeper.sweep", "SweepError"),
+        ("sweeper.tracking", "TrackingError"),
+        ("sweeper.storage", "StorageError"),
+    ):
         if module in sys.modules:
             kinds.append(getattr(sys.modules[module], name))
     return isinstance(exc, tuple(kinds))

@@ -82,7 +82,10 @@ class SweepLocation:
         try:
             filesystem, path = pafs.FileSystem.from_uri(uri)
         except (ValueError, OSError) as exc:
-            raise StorageError(f"cannot open storage {uri!r}: {exc}") from None
+            raise StorageError(
+                f"cannot open storage {uri!r} ({str(exc).splitlines()[0][:200]}): check the URI (for S3 give "
+                "?region=... or ?endpoint_override=...), the network and the credentials in the environment"
+            ) from None
         return cls(filesystem, path.rstrip("/"), uri)
 
     @property

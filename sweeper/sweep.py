@@ -98,8 +98,8 @@ _RESUMABLE_CHANGES = ("search.max_concurrent", "search.max_failures", "search.nu
 
 def preflight(config: SweeperConfig, *, resume: bool = False) -> None:
     """Everything checked before a sweep writes anything."""
-    location = sweep_location(config)
     try:
+        location = sweep_location(config)
         exists = location.exists()
         if not location.is_local:
             _check_bucket(location)

@@ -130,6 +130,15 @@ def test_missing_bucket_is_refused_before_anything_is_written(s3, tmp_path) -> N
     assert not (tmp_path / "mlflow.db").exists()
 
 
+@pytest.mark.usefixtures("s3_env")
+def test_unreachable_storage_is_refused_before_anything_is_written(tmp_path) -> None:
+    closed = f"127.0.0.1:{free_port()}"
+    config = load_config(data=tiny_config_data(tmp_path, storage_path=_storage(closed)))
+    with pytest.raises(SweepError, match=r"cannot reach storage 's3://team-sweeps/runs/tiny\?endpoint_override="):
+        run_sweep(config, verbose=0)
+    assert not (tmp_path / "mlflow.db").exists()
+
+
 def test_local_location_reads_writes_and_names_children(tmp_path) -> None:
     root = SweepLocation.of(tmp_path / "sweeps")
     assert root.is_local and root.uri == str(tmp_path / "sweeps") and not root.exists()
