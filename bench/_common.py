@@ -3,6 +3,7 @@ sweeps, the machine line and markdown tables. Private to the benchmarks (not par
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import math
 import os
@@ -126,3 +127,12 @@ def timed_sweep(config: SweeperConfig) -> tuple[Any, float]:
 
 def fmt(value: float | None, digits: int = 2) -> str:
     return "—" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def add_quickstart_arguments(parser: argparse.ArgumentParser, *, trials: int, epochs: int, workdir: bool) -> None:
+    """``--trials`` (the first K quickstart grid values), ``--epochs`` and, with ``workdir``,
+    ``--workdir`` (where to keep the sweeps and the MLflow store)."""
+    parser.add_argument("--trials", type=int, default=trials, help="K trials (the first K quickstart grid values)")
+    parser.add_argument("--epochs", type=int, default=epochs, help="epochs per trial")
+    if workdir:
+        parser.add_argument("--workdir", help="keep the sweeps and MLflow store here (default: temporary)")

@@ -36,7 +36,8 @@ from sweeper.data import load_dataset
 
 DIGITS = ROOT / "configs" / "digits"
 
-#: method -> [(label, overrides of method.params)], the collapse settings (first = headline).
+#: method -> [(label, overrides of method.params)], its collapse settings; ``block_size: None``
+#: stands for the config's ``num_prototypes`` (N_B = K).
 COLLAPSE: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "simclr": [("τ = 4", {"temperature": 4.0})],
     "vicreg": [("ν = 0", {"cov_weight": 0.0})],
@@ -62,7 +63,7 @@ def _run(method: str, label: str, params: dict[str, Any], epochs: int) -> tuple[
             **{f"method.params.{key}": value for key, value in params.items()},
         }
     )
-    trial = plain_trial(config, "seed", config.seed, threads=1, data=load_dataset(config.data))
+    trial = plain_trial(config, "seed", config.seed, threads=1, data=load_dataset(config.data))  # no-op override
     return method, label, trial
 
 

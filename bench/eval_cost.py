@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from _common import QUICKSTART, fmt, machine_line, markdown_table
+from _common import QUICKSTART, add_quickstart_arguments, fmt, machine_line, markdown_table
 
 from sweeper.config import SweeperConfig, load_config
 from sweeper.data import load_dataset
@@ -80,8 +80,7 @@ def evaluation_costs(config: SweeperConfig, *, repeats: int) -> dict[str, float]
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--trials", type=int, default=3, help="K trials (the first K quickstart grid values)")
-    parser.add_argument("--epochs", type=int, default=10, help="training epochs before the evaluations")
+    add_quickstart_arguments(parser, trials=3, epochs=10, workdir=False)
     parser.add_argument("--repeats", type=int, default=3, help="runs of each evaluation; the best is kept")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)

@@ -19,7 +19,16 @@ import argparse
 import time
 from pathlib import Path
 
-from _common import bench_config, fmt, machine_line, markdown_table, searched, timed_sweep, workdir
+from _common import (
+    add_quickstart_arguments,
+    bench_config,
+    fmt,
+    machine_line,
+    markdown_table,
+    searched,
+    timed_sweep,
+    workdir,
+)
 
 from sweeper.config import SweeperConfig
 
@@ -70,9 +79,7 @@ def measure(*, trials: int, epochs: int, directory_name: str | None = None) -> d
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--trials", type=int, default=6, help="K trials (the first K quickstart grid values)")
-    parser.add_argument("--epochs", type=int, default=20, help="epochs per trial")
-    parser.add_argument("--workdir", default=None, help="keep the sweeps and MLflow store here (default: temporary)")
+    add_quickstart_arguments(parser, trials=6, epochs=20, workdir=True)
     args = parser.parse_args(argv)
     print(f"{args.trials} quickstart trials × {args.epochs} epochs, 1 CPU / 1 thread per trial; {machine_line()}\n")
     out = measure(trials=args.trials, epochs=args.epochs, directory_name=args.workdir)

@@ -40,6 +40,7 @@ import pandas as pd
 
 from sweeper.config import SweeperConfig
 from sweeper.selection import Pick, aggregate_seeds, gap_to_oracle, plateau_threshold, select_all
+from sweeper.storage import write_atomic
 
 __all__ = [
     "SweepReport",
@@ -551,18 +552,6 @@ def write_comparison(reports: Sequence[SweepReport], directory: Path) -> list[Pa
         write_atomic(directory / "compare.json", _json(document)),
         *plots,
     ]
-
-
-def write_atomic(path: Path, text: str) -> Path:
-    """Write a temporary file, flush it to disk, then rename it over ``path``: a crash at any
-    point leaves either the previous file or the new one, never a truncated one."""
-    partial = path.with_name(f".{path.name}.partial")
-    with open(partial, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(partial, path)
-    return path
 
 
 # --------------------------------------------------------------------------- tables

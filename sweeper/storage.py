@@ -15,9 +15,9 @@ needs a file) and, for a URI, uploaded next to the trials; the local copy stays 
 
 from __future__ import annotations
 
+import functools
 import os
 import re
-import uuid
 from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path, PurePosixPath
@@ -25,7 +25,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pyarrow.fs as pafs
 
-__all__ = ["StorageError", "SweepLocation", "is_uri", "check_storage_uri"]
+__all__ = ["StorageError", "SweepLocation", "check_storage_uri", "is_uri", "write_atomic"]
 
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 # Schemes pyarrow's FileSystem.from_uri understands.
@@ -80,7 +80,7 @@ class SweepLocation:
             return cls(pafs.LocalFileSystem(), local.as_posix(), str(local))
         uri = check_storage_uri(str(storage))
         try:
-            filesystem, path = pafs.FileSystem.from_uri(uri)
+            filesystem, path = _open(uri)
         except (ValueError, OSError) as exc:
             raise StorageError(
                 f"cannot open storage {uri!r} ({str(exc).splitlines()[0][:200]}): check the URI (for S3 give "
@@ -143,20 +143,15 @@ class SweepLocation:
             return stream.readall()
 
     def write_bytes(self, name: str, data: bytes) -> None:
-        """Write ``name`` whole or not at all: locally a temporary file renamed over it; an
-        object store replaces an object in one request."""
-        self.filesystem.create_dir(self.path, recursive=True)
-        if not self.is_local:
-            with self.filesystem.open_output_stream(self._file(name)) as stream:
-                stream.write(data)
+        """Write ``name`` (a relative path) whole or not at all: locally with
+        :func:`write_atomic`; an object store replaces an object in one request."""
+        if self.is_local:
+            target = Path(self._file(name))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(target, data)
             return
-        temporary = self._file(f".{name}.{uuid.uuid4().hex}.tmp")
-        try:
-            with self.filesystem.open_output_stream(temporary) as stream:
-                stream.write(data)
-            os.replace(temporary, self._file(name))
-        finally:
-            Path(temporary).unlink(missing_ok=True)
+        with self.filesystem.open_output_stream(self._file(name)) as stream:
+            stream.write(data)
 
     def glob(self, pattern: str) -> list[str]:
         """Names of the files directly in this directory that match ``pattern``, sorted."""
@@ -170,6 +165,23 @@ class SweepLocation:
     def upload(self, files: list[Path], *, root: Path) -> None:
         """Copy local ``files`` (under ``root``) to the same relative places in this directory."""
         for file in files:
-            relative = PurePosixPath(file.relative_to(root).as_posix())
-            target = self if relative.parent == PurePosixPath(".") else self.child(str(relative.parent))
-            target.write_bytes(relative.name, file.read_bytes())
+            self.write_bytes(file.relative_to(root).as_posix(), file.read_bytes())
+
+
+def write_atomic(path: Path, data: str | bytes) -> Path:
+    """Write a temporary file, flush it to disk, then rename it over ``path``: a crash at any
+    point leaves either the previous file or the new one, never a truncated one."""
+    partial = path.with_name(f".{path.name}.partial")
+    with open(partial, "wb") as handle:
+        handle.write(data.encode() if isinstance(data, str) else data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(partial, path)
+    return path
+
+
+@functools.cache
+def _open(uri: str) -> tuple[pafs.FileSystem, str]:
+    """pyarrow's filesystem and path for ``uri``, opened once per process: opening an S3 URI
+    without a region asks the bucket for it."""
+    return pafs.FileSystem.from_uri(uri)

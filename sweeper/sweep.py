@@ -20,7 +20,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -96,8 +96,9 @@ def _location(where: SweepLocation | Path | str) -> SweepLocation:
 _RESUMABLE_CHANGES = ("search.max_concurrent", "search.max_failures", "search.num_samples", "tracking.uri")
 
 
-def preflight(config: SweeperConfig, *, resume: bool = False) -> None:
-    """Everything checked before a sweep writes anything."""
+def preflight(config: SweeperConfig, *, resume: bool = False) -> SweeperConfig | None:
+    """Everything checked before a sweep writes anything; returns the saved config of the sweep
+    to resume (None for a new sweep)."""
     try:
         location = sweep_location(config)
         exists = location.exists()
@@ -109,6 +110,7 @@ def preflight(config: SweeperConfig, *, resume: bool = False) -> None:
         raise SweepError(
             f"sweep {config.name!r} already exists at {location.uri}: resume it with --resume, or choose another --name"
         )
+    saved: SweeperConfig | None = None
     if resume:
         if not tune.Tuner.can_restore(location.path, storage_filesystem=_tune_filesystem(location)):
             raise SweepError(
@@ -129,6 +131,7 @@ def preflight(config: SweeperConfig, *, resume: bool = False) -> None:
                 f"and a sweep can grow, not shrink; resume with search.num_samples >= {had}"
             )
     check_tracking_uri(config.tracking.uri)
+    return saved
 
 
 def _check_bucket(location: SweepLocation) -> None:
@@ -182,7 +185,7 @@ def run_sweep(
     config: SweeperConfig, *, address: str | None = None, resume: bool = False, verbose: int = 1
 ) -> SweepResult:
     """Run (or resume) the sweep ``config`` and return its trial table and selections."""
-    preflight(config, resume=resume)
+    saved = preflight(config, resume=resume)
     # Fail fast on a tracking outage: the callback's outbox retries instead of blocking Tune.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
@@ -198,8 +201,10 @@ def run_sweep(
             start_parent()
         else:  # created while Tune starts the first trial's process (seconds each); the tracking
             # callback waits for it before its first write
-            parent = _in_thread(start_parent, name="mlflow-parent")
-        tuner = _tuner(config, tracker, parent=parent, resume=resume, verbose=verbose)
+            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-parent")
+            parent = pool.submit(start_parent)
+            pool.shutdown(wait=False)
+        tuner = _tuner(config, tracker, parent=parent, saved=saved, verbose=verbose)
         if not resume:
             _save_config(location, config)
         tuner.fit()
@@ -222,20 +227,6 @@ def run_sweep(
             shutdown.join()
         elif started_ray:
             ray.shutdown()
-
-
-def _in_thread(function: Callable[[], Any], *, name: str) -> Future:
-    """Run ``function`` in a daemon thread; its result (or exception) in the returned future."""
-    future: Future = Future()
-
-    def run() -> None:
-        try:
-            future.set_result(function())
-        except BaseException as exc:
-            future.set_exception(exc)
-
-    threading.Thread(target=run, name=name, daemon=True).start()
-    return future
 
 
 def _connect(address: str | None) -> bool:
@@ -328,8 +319,14 @@ def _save_config(location: SweepLocation, config: SweeperConfig) -> None:
 
 
 def _tuner(
-    config: SweeperConfig, tracker: SweepTracker, *, parent: Future | None = None, resume: bool, verbose: int
+    config: SweeperConfig,
+    tracker: SweepTracker,
+    *,
+    parent: Future | None,
+    saved: SweeperConfig | None,
+    verbose: int,
 ) -> tune.Tuner:
+    """A new Tuner, or with the ``saved`` config of the sweep, its restored (and grown) one."""
     location = sweep_location(config)
     filesystem = _tune_filesystem(location)
     resources = config.search.resources
@@ -337,8 +334,7 @@ def _tuner(
         tune.with_parameters(train_trial, base_config=config.to_dict()),
         {"cpu": resources.cpu, "gpu": resources.gpu},
     )
-    if resume:
-        saved = load_sweep_config(location.uri)
+    if saved is not None:
         added = _grow(location, config, had=saved.search.num_samples)
         if added:
             _log.info(
@@ -576,8 +572,9 @@ _RAY_STATUS = {"RUNNING": "running", "PENDING": "pending", "PAUSED": "pending", 
 
 
 def trial_table(directory: SweepLocation | Path | str, config: SweeperConfig) -> pd.DataFrame:
-    """One row per trial of the sweep at ``directory`` (a path, a URI or a location): ``trial_id``, searched keys, final
-    metrics, ``status``, ``epochs_done``, ``wall_s`` (the ``trials.csv`` contract).
+    """One row per trial of the sweep at ``directory`` (a path, a URI or a location):
+    ``trial_id``, searched keys, final metrics, ``status``, ``epochs_done``, ``wall_s`` (the
+    ``trials.csv`` contract).
 
     Read from Ray Tune's experiment state on disk, so it works on a finished, a running and an
     interrupted sweep alike. A metric's final value is its last reported value: a trial that
@@ -605,7 +602,7 @@ def trial_table(directory: SweepLocation | Path | str, config: SweeperConfig) ->
             status = last.get("status", "failed")
             # Terminated while its last result said "running": a scheduler stopped it early.
             row["status"] = "stopped" if status == "running" else status
-        elif trial.status == "ERROR" or SweepLocation(location.filesystem, trial.path, trial.path).is_file("error.txt"):
+        elif trial.status == "ERROR" or location.is_file(f"{PurePosixPath(trial.path).name}/error.txt"):
             # Tune's last state snapshot can predate the error; its error file cannot.
             row["status"] = "failed"
         elif trial.status == "PENDING" and last.get("epoch"):
