@@ -3,11 +3,11 @@
 For each trial (the first K quickstart grid values: VICReg's covariance weight on digits, 1
 thread), the engine trains the model for the given epochs, then on the same trained model times:
 
-* **RankMe**: :meth:`sweeper.engine.Trainer.evaluate_label_free` — embeddings and
+* **RankMe**: :meth:`sweeper.evaluation.Evaluator.label_free` — embeddings and
   representations of the (up to ``evaluation.rankme_samples``) clean training images, and the
   RankMe of both: what a label-free sweep runs at every evaluation;
 * **linear probe**: what the oracle needs for the same model — frozen features of the train and
-  test splits (:meth:`Trainer.representations`) and :func:`sweeper.probes.linear_probe_accuracy`
+  test splits (:meth:`Evaluator.representations`) and :func:`sweeper.probes.linear_probe_accuracy`
   (``evaluation.linear_epochs`` epochs of SGD, the RankMe papers' protocol on precomputed
   features); the 20-NN probe is timed beside it.
 
@@ -53,18 +53,18 @@ def evaluation_costs(config: SweeperConfig, *, repeats: int) -> dict[str, float]
     train, test = trainer.data.train, trainer.data.test
 
     def linear() -> float:
-        train_x, test_x = trainer.representations(train), trainer.representations(test)
+        train_x, test_x = trainer.evaluator.representations(train), trainer.evaluator.representations(test)
         return linear_probe_accuracy(
             train_x, train.labels, test_x, test.labels, epochs=evaluation.linear_epochs, seed=config.seed
         )
 
     def knn() -> float:
-        train_x, test_x = trainer.representations(train), trainer.representations(test)
+        train_x, test_x = trainer.evaluator.representations(train), trainer.evaluator.representations(test)
         return knn_accuracy(
             train_x, train.labels, test_x, test.labels, k=evaluation.knn_k, temperature=evaluation.knn_temperature
         )
 
-    rankme_s, metrics = _best(trainer.evaluate_label_free, repeats)
+    rankme_s, metrics = _best(trainer.evaluator.label_free, repeats)
     linear_s, accuracy = _best(linear, repeats)
     knn_s, _ = _best(knn, repeats)
     return {

@@ -14,12 +14,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sweeper.errors import ConfigError, SweeperError
+
 if TYPE_CHECKING:
     from sweeper.config import SweeperConfig
 
 __all__ = ["main"]
 
 EXIT_USAGE = 2
+EXIT_SWEEP_FAILED = 1  # the sweep ran, but no trial finished ok
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -27,29 +31,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.handler(args) or 0)
-    except KeyboardInterrupt:
-        print("sweeper: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:  # expected user errors only; anything else is a bug: re-raise
-        if not _is_user_error(exc):
-            raise
+    except KeyboardInterrupt as exc:  # a sweep's says how to resume it
+        print(f"sweeper: {exc or 'interrupted'}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except SweeperError as exc:  # expected user errors only; anything else is a bug and keeps its traceback
         print(f"sweeper: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-
-
-def _is_user_error(exc: Exception) -> bool:
-    from sweeper.config import ConfigError
-
-    kinds: list[type[Exception]] = [ConfigError, FileNotFoundError]
-    # Only modules already imported can have raised their errors: never import ray/mlflow here.
-    for module, name in (
-        ("sweeper.sweep", "SweepError"),
-        ("sweeper.tracking", "TrackingError"),
-        ("sweeper.storage", "StorageError"),
-    ):
-        if module in sys.modules:
-            kinds.append(getattr(sys.modules[module], name))
-    return isinstance(exc, tuple(kinds))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -58,7 +45,17 @@ def _parser() -> argparse.ArgumentParser:
         description="Label-free hyperparameter sweeps for self-supervised pretraining (RankMe).",
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    _add_run(commands)
+    _add_cluster_commands(commands)
+    _add_sweep_commands(commands)
+    rankme = commands.add_parser("rankme", help="label-free metrics of an embedding file")
+    rankme.add_argument("file", type=Path, help=".npy or .pt file with an (N, K) embedding matrix")
+    rankme.add_argument("--json", action="store_true", help="print JSON")
+    rankme.set_defaults(handler=_rankme)
+    return parser
 
+
+def _add_run(commands: argparse._SubParsersAction) -> None:
     run = commands.add_parser("run", help="run a sweep from a YAML config")
     run.add_argument("config", type=Path, help="YAML config, e.g. configs/quickstart.yaml")
     run.add_argument(
@@ -72,9 +69,17 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--name", help="sweep name (default: the config's name)")
     run.add_argument("--address", help="existing Ray cluster: auto or ray://HOST:10001 (default: embedded)")
     run.add_argument("--resume", action="store_true", help="continue the sweep of the same name")
-    run.add_argument("--quiet", action="store_true", help="no per-trial progress lines")
+    run.add_argument(
+        "--resume-if-exists",
+        action="store_true",
+        help="resume the sweep when it exists, else start it (for batch jobs that may be requeued)",
+    )
+    run.add_argument("--quiet", action="store_true", help="no progress view while the sweep runs")
+    run.add_argument("--verbose", action="store_true", help="Ray Tune's own console output instead of the view")
     run.set_defaults(handler=_run)
 
+
+def _add_cluster_commands(commands: argparse._SubParsersAction) -> None:
     submit = commands.add_parser("submit", help="send a sweep to a Ray cluster as a Ray Job")
     submit.add_argument("config", type=Path, help="YAML config under the current directory")
     submit.add_argument("--address", required=True, help="the head's dashboard, e.g. http://HEAD:8265")
@@ -83,6 +88,20 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--wait", action="store_true", help="stream the driver's logs, exit with its status")
     submit.set_defaults(handler=_submit)
 
+    slurm = commands.add_parser("slurm", help="run a sweep as a Slurm batch job that starts Ray on its nodes")
+    slurm.add_argument("config", type=Path, help="YAML config")
+    slurm.add_argument("--nodes", type=int, required=True, help="nodes of the job: a Ray head and N-1 workers")
+    slurm.add_argument("--gpus-per-node", type=int, help="GPUs per node [none]")
+    slurm.add_argument("--cpus-per-node", type=int, help="CPUs per node [whole nodes: --exclusive]")
+    slurm.add_argument("--partition", help="Slurm partition [the cluster's default]")
+    slurm.add_argument("--time", help="time limit, HH:MM:SS [the partition's]")
+    slurm.add_argument("--account", help="Slurm account to charge")
+    slurm.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    slurm.add_argument("--dry-run", action="store_true", help="print the batch script, submit nothing")
+    slurm.set_defaults(handler=_slurm)
+
+
+def _add_sweep_commands(commands: argparse._SubParsersAction) -> None:
     resume = commands.add_parser("resume", help="continue an interrupted sweep")
     resume.add_argument("sweep", help="sweep directory or URI, or sweep name under --storage-path")
     resume.add_argument("--storage-path", default="./sweeps", help="where to look for a sweep name (a path or a URI)")
@@ -90,7 +109,8 @@ def _parser() -> argparse.ArgumentParser:
     resume.add_argument(
         "--num-samples", type=int, help="grow the sweep to this many trials (grid: repeats of the grid)"
     )
-    resume.add_argument("--quiet", action="store_true", help="no per-trial progress lines")
+    resume.add_argument("--quiet", action="store_true", help="no progress view while the sweep runs")
+    resume.add_argument("--verbose", action="store_true", help="Ray Tune's own console output instead of the view")
     resume.set_defaults(handler=_resume)
 
     status = commands.add_parser("status", help="trials of a sweep, their states and the current picks")
@@ -118,45 +138,67 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--no-tracking", action="store_true", help="write the files only, log nothing")
     compare.set_defaults(handler=_compare)
 
-    rankme = commands.add_parser("rankme", help="label-free metrics of an embedding file")
-    rankme.add_argument("file", type=Path, help=".npy or .pt file with an (N, K) embedding matrix")
-    rankme.add_argument("--json", action="store_true", help="print JSON")
-    rankme.set_defaults(handler=_rankme)
-    return parser
-
 
 def _run(args: argparse.Namespace) -> int:
     from sweeper.config import load_config
 
     overrides = list(args.overrides) + ([f"name={args.name}"] if args.name else [])
     config = load_config(args.config, overrides=overrides)
-    return _sweep_and_print(config, address=args.address, resume=args.resume, quiet=args.quiet)
+    resume = args.resume
+    claim_wait_s = 0.0
+    if args.resume_if_exists:
+        from sweeper.sweep import sweep_location
+        from sweeper.sweep._claim import HEARTBEAT_S, STALE_AFTER_S
+
+        resume = resume or sweep_location(config).exists()
+        # A requeued job whose previous driver died on another node waits for its claim to lapse.
+        claim_wait_s = STALE_AFTER_S + 2 * HEARTBEAT_S
+    return _sweep_and_print(
+        config, address=args.address, resume=resume, quiet=args.quiet, verbose=args.verbose, claim_wait_s=claim_wait_s
+    )
 
 
-def _sweep_and_print(config: SweeperConfig, *, address: str | None, resume: bool, quiet: bool) -> int:
+def _sweep_and_print(
+    config: SweeperConfig, *, address: str | None, resume: bool, quiet: bool, verbose: bool, claim_wait_s: float = 0.0
+) -> int:
     from sweeper.report import format_summary
     from sweeper.sweep import run_sweep
 
-    result = run_sweep(config, address=address, resume=resume, verbose=0 if quiet else 1)
+    # Default: sweeper's own progress view; --verbose: Ray Tune's console output instead.
+    progress = not (quiet or verbose)
+    result = run_sweep(
+        config,
+        address=address,
+        resume=resume,
+        verbose=1 if verbose else 0,
+        progress=progress,
+        claim_wait_s=claim_wait_s,
+    )
     print()
-    print(format_summary(result.table, result.picks, config))
+    print(format_summary(result.report))
     print(f"Sweep directory: {result.directory}")
     print(f"MLflow: {config.tracking.uri}, experiment {config.experiment_name!r}")
     print(f"        parent run {result.parent_run_id}")
+    if result.failure is not None:
+        print(f"sweeper: error: {result.failure}", file=sys.stderr)
+        return EXIT_SWEEP_FAILED
     return 0
 
 
 def _submit(args: argparse.Namespace) -> int:
-    import yaml
-
-    from sweeper.config import ConfigError, load_config
+    from sweeper.config import load_config
+    from sweeper.yamlio import read_yaml
 
     load_config(args.config, overrides=args.overrides)  # fail here, not on the cluster
     runtime_env = None
     if args.runtime_env is not None:
         if not args.runtime_env.is_file():
-            raise FileNotFoundError(f"--runtime-env {args.runtime_env} not found")
-        runtime_env = yaml.safe_load(args.runtime_env.read_text())
+            raise ConfigError(f"--runtime-env {args.runtime_env} not found: check the path")
+        try:
+            text = args.runtime_env.read_bytes().decode("utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"--runtime-env {args.runtime_env}: cannot be read as UTF-8 text ({exc})") from None
+        runtime_env = read_yaml(text, source=f"--runtime-env {args.runtime_env}")
         if not isinstance(runtime_env, dict):
             raise ConfigError(f"--runtime-env {args.runtime_env}: expected a mapping")
     from sweeper.submit import submit_sweep
@@ -166,25 +208,39 @@ def _submit(args: argparse.Namespace) -> int:
     )
 
 
+def _slurm(args: argparse.Namespace) -> int:
+    from sweeper.slurm import SlurmResources, submit_slurm
+
+    resources = SlurmResources(
+        nodes=args.nodes,
+        gpus_per_node=args.gpus_per_node,
+        cpus_per_node=args.cpus_per_node,
+        partition=args.partition,
+        time=args.time,
+        account=args.account,
+    )
+    return submit_slurm(args.config, overrides=args.overrides, resources=resources, dry_run=args.dry_run)
+
+
 def _resume(args: argparse.Namespace) -> int:
     from sweeper.sweep import load_sweep_config
 
-    config = load_sweep_config(args.sweep, storage_path=args.storage_path)
+    config = load_sweep_config(args.sweep, storage_path=_storage_path(args))
     if args.num_samples is not None:
         config = config.with_overrides({"search.num_samples": args.num_samples})
-    return _sweep_and_print(config, address=args.address, resume=True, quiet=args.quiet)
+    return _sweep_and_print(config, address=args.address, resume=True, quiet=args.quiet, verbose=args.verbose)
 
 
 def _status(args: argparse.Namespace) -> int:
-    from sweeper.report import format_summary, select
-    from sweeper.sweep import load_sweep_config, sweep_location, trial_table
+    from sweeper.report import format_summary
+    from sweeper.sweep import load_sweep_config, sweep_location, sweep_report
 
-    config = load_sweep_config(args.sweep, storage_path=args.storage_path)
+    config = load_sweep_config(args.sweep, storage_path=_storage_path(args))
     location = sweep_location(config)
-    table = trial_table(location, config)
-    counts = table["status"].value_counts().to_dict() if len(table) else {}
+    report = sweep_report(location, config)
+    counts = report.status_counts()
     print(f"{location.uri}: " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())))
-    print(format_summary(table, select(table, config), config))
+    print(format_summary(report))
     return 0
 
 
@@ -199,14 +255,14 @@ def _compare(args: argparse.Namespace) -> int:
         out = Path(f"compare-{time.strftime('%Y%m%d-%H%M%S')}")
     result = compare_sweeps(
         args.sweeps,
-        storage_path=args.storage_path,
+        storage_path=_storage_path(args),
         out=out,
         tracking_uri=args.tracking_uri,
         track=not args.no_tracking,
     )
     for sweep in result.reports:
         assert sweep.directory is not None
-        print(format_summary(sweep.table, sweep.picks, sweep.config))
+        print(format_summary(sweep))
         names = ", ".join(path.name for path in result.files[sweep.directory])
         print(f"Written to {sweep.directory}: {names}")
         print(f"MLflow: {result.tracking[sweep.directory]}")
@@ -217,23 +273,23 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _storage_path(args: argparse.Namespace) -> str:
+    """``--storage-path``, refused in one line naming it when it is a URI pyarrow cannot open."""
+    from sweeper.storage import check_storage_uri, is_uri
+
+    if is_uri(args.storage_path):
+        try:
+            check_storage_uri(args.storage_path)
+        except ValueError as exc:
+            raise ConfigError(f"--storage-path {exc}") from None
+    return args.storage_path
+
+
 def _rankme(args: argparse.Namespace) -> int:
-    import numpy as np
-    import torch
+    from sweeper.embeddings import embedding_metrics, load_embeddings
 
-    from sweeper.metrics import LABEL_FREE_METRICS, EmbeddingStats
-
-    if not args.file.is_file():
-        raise FileNotFoundError(f"{args.file} not found")
-    if args.file.suffix == ".npy":
-        z = torch.from_numpy(np.load(args.file))
-    else:
-        z = torch.load(args.file, map_location="cpu", weights_only=True)
-    if z.ndim != 2:
-        raise FileNotFoundError(f"{args.file}: expected an (N, K) matrix, got shape {tuple(z.shape)}")
-    stats = EmbeddingStats(z.shape[1], max_samples=len(z))
-    stats.update(z)
-    values = stats.compute([name for name in LABEL_FREE_METRICS if name != "lidar"])
+    z = load_embeddings(args.file)
+    values = embedding_metrics(z)
     if args.json:
         print(json.dumps({"file": str(args.file), "shape": list(z.shape), **values}))
     else:

@@ -3,38 +3,51 @@
 Read it top to bottom: :class:`Trainer` builds data, method, optimiser and schedule from a
 config; :meth:`Trainer.epochs` trains and yields one :class:`EpochResult` per epoch, with the
 label-free metrics every ``evaluation.every_n_epochs`` epochs and, after the last epoch, the
-oracle probes. :meth:`Trainer.state_dict` is a plain dict (config included) that
-:meth:`Trainer.load_state_dict` resumes from exactly.
+oracle probes, both computed by its :class:`~sweeper.evaluation.Evaluator`
+(``trainer.evaluator``); a trial whose RankMe stays below the collapse threshold ends early.
+:meth:`Trainer.state_dict` is a plain dict (config included) that :meth:`Trainer.load_state_dict`
+resumes from exactly.
+
+Data parallel: built inside a ``torch.distributed`` process group of W processes (a multi-worker
+trial's Ray Train workers), the trainer trains one model with DistributedDataParallel on the
+same global batch ``train.batch_size`` (B/W rows per process, :class:`~sweeper.data.EpochBatches`;
+the learning-rate rules unchanged), every BatchNorm synchronised over the global batch, the
+losses' batch statistics global (see each method), ``train/loss`` the global batch's mean. The
+label-free metrics come from all-reduced statistics of each process's shard of the samples
+(exactly the single-process values); only rank 0 runs the oracle probes. Every process runs
+:meth:`Trainer.epochs` and :meth:`Trainer.state_dict` (which gathers each process's RNG state);
+decisions (divergence, collapse) follow rank 0's metrics, so all stop together.
 
 No Ray and no MLflow here: the Ray Tune trainable and the Optuna objective drive this loop.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import random
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
-from functools import cached_property
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from lightly.utils.lars import LARS
 from lightly.utils.scheduler import CosineWarmupScheduler
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from sweeper import distributed
 from sweeper.config import SweeperConfig
-from sweeper.data import DatasetSplits, LabelledImages, MultiViewAugment, StreamedImages, load_dataset
-from sweeper.data.augment import normalize
+from sweeper.data import DatasetSplits, EpochBatches, MultiViewAugment, StreamedImages, load_dataset
+from sweeper.errors import ConfigError
+from sweeper.evaluation import Evaluator, to_device_floats
 from sweeper.methods import SSLMethod, build_method
-from sweeper.metrics import EmbeddingStats, lidar, rankme, singular_values
-from sweeper.probes import knn_accuracy, linear_probe_accuracy
+from sweeper.names import COLLAPSED, DIVERGED, OK, RANKME_EMBEDDING, RUNNING, TRAIN_LOSS
 
 __all__ = ["EpochResult", "Trainer", "pick_device"]
-
-_EVAL_BATCH = 1024
 
 
 def pick_device(preference: str = "auto") -> torch.device:
@@ -57,13 +70,13 @@ class EpochResult:
 
     epoch: int
     metrics: dict[str, float]
-    status: str = "running"
+    status: str = RUNNING
     evaluated: bool = False
     spectrum: list[float] | None = None  # final result: singular values of the embeddings
 
     @property
     def done(self) -> bool:
-        return self.status != "running"
+        return self.status != RUNNING
 
 
 @dataclass
@@ -72,11 +85,16 @@ class _History:
 
     rows: list[dict[str, float]] = field(default_factory=list)
 
-    def last(self, key: str) -> float | None:
-        for row in reversed(self.rows):
-            if key in row:
-                return row[key]
-        return None
+
+class _TrainingLoss(nn.Module):
+    """The method's training loss as ``forward``, the call DistributedDataParallel hooks into."""
+
+    def __init__(self, method: SSLMethod) -> None:
+        super().__init__()
+        self.method = method
+
+    def forward(self, views: list[torch.Tensor], progress: float) -> torch.Tensor:
+        return self.method.training_loss(views, progress=progress)
 
 
 class Trainer:
@@ -98,39 +116,44 @@ class Trainer:
     ) -> None:
         self.config = config
         self.device = torch.device(device) if device is not None else pick_device(config.train.device)
+        self.rank, self.world_size = distributed.rank(), distributed.world_size()
+        if self.device.type == "cuda" and self.device.index is None and self.world_size > 1:
+            self.device = torch.device("cuda", torch.cuda.current_device())  # DDP needs the index
         _seed_everything(config.seed)
         self.data = data if data is not None else load_dataset(config.data)
-        self.method: SSLMethod = build_method(config, in_channels=self.data.channels).to(self.device)
+        method = build_method(config, in_channels=self.data.channels).to(self.device)
+        self.method: SSLMethod = distributed.convert_sync_batchnorm(method, self.device)  # type: ignore[assignment]
         self.autocast_dtype = _autocast_dtype(config.train.precision, self.device)
-        cuda = self.device.type == "cuda"
         # Channels-last by default on CPU too: oneDNN's convolutions then skip the NCHW reorders
         # of every call, forward and backward (small CNN on digits: +15-50 % images/s; ResNet-18
         # unchanged; bench/throughput.py).
-        self.channels_last = config.train.channels_last if config.train.channels_last is not None else True
-        if self.channels_last:
+        if config.train.channels_last:
             self.method = self.method.to(memory_format=torch.channels_last)
         flip = config.data.flip if config.data.flip is not None else self.data.natural_images
         self.augment = _augmentation(config, self.method, flip=flip)
-        self.batch_size = min(config.train.batch_size, len(self.data.train))
+        self.batch_size = _global_batch(config, len(self.data.train), self.world_size)
         self.steps_per_epoch = len(self.data.train) // self.batch_size
-        self.pin_memory = cuda
-        # In-memory data lives on the device (the fast path); streamed data comes through the
-        # loader's workers, drop_last as the in-memory epochs, shuffled by its own generator
-        # (reseeded every epoch, so that a resumed trial sees the same batches).
-        self.train_images: torch.Tensor | None = None
-        self.train_loader: DataLoader | None = None
-        self._shuffle = torch.Generator()
-        if isinstance(self.data.train, StreamedImages):
-            self.train_loader = self.data.train.loader(
-                self.batch_size,
-                shuffle=True,
-                drop_last=True,
-                pin_memory=cuda,
-                persistent=True,
-                generator=self._shuffle,
+        self._set_up_training_data()
+        self.data_parallel: DistributedDataParallel | None = None
+        if self.world_size > 1:
+            self.data_parallel = DistributedDataParallel(
+                _TrainingLoss(self.method),
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                **_NO_BUFFER_SYNC,
             )
-        else:
-            self.train_images = self.data.train.images.to(self.device)
+            # Same weights everywhere, different augmentations: each rank draws its own views.
+            if self.rank > 0:
+                _seed_everything(int(np.random.SeedSequence([config.seed, self.rank]).generate_state(1)[0]))
+        self.evaluator = Evaluator(
+            self.method,
+            self.data,
+            evaluation=config.evaluation,
+            seed=config.seed,
+            image_size=config.data.image_size,
+            augment=self.augment,
+            device=self.device,
+            train_images=self.train_images,
+        )
         self.total_steps = self.steps_per_epoch * config.train.epochs
         self.optimizer = _optimizer(config, self.method)
         self.scheduler = CosineWarmupScheduler(
@@ -144,6 +167,25 @@ class Trainer:
         self.eval_seconds = 0.0
         self.train_seconds = 0.0
 
+    def _set_up_training_data(self) -> None:
+        """Each epoch's batches come from (seed, epoch) alone, so that a resumed trial sees the
+        same ones; this process trains on its rows of each. In-memory data lives on the device
+        (the fast path); streamed data comes through the loader's workers."""
+        self.batches = EpochBatches(
+            len(self.data.train), self.batch_size, seed=self.config.seed, rank=self.rank, world_size=self.world_size
+        )
+        self.train_images: torch.Tensor | None = None
+        self.train_loader: DataLoader | None = None
+        if isinstance(self.data.train, StreamedImages):
+            self.train_loader = self.data.train.loader(
+                self.batch_size,
+                pin_memory=self.device.type == "cuda",
+                persistent=True,
+                batch_sampler=self.batches,
+            )
+        else:
+            self.train_images = self.data.train.images.to(self.device)
+
     # --- the loop ----------------------------------------------------------------------------
 
     def epochs(self) -> Iterator[EpochResult]:
@@ -154,28 +196,34 @@ class Trainer:
             loss = self._train_one_epoch()
             self.epoch += 1
             self.train_seconds += time.perf_counter() - started
-            metrics: dict[str, float] = {"train/loss": loss, "time/epoch_s": time.perf_counter() - started}
+            metrics: dict[str, float] = {TRAIN_LOSS: loss, "time/epoch_s": time.perf_counter() - started}
             if not math.isfinite(loss):
                 self.history.rows.append(metrics)
-                yield EpochResult(self.epoch, {**metrics, **self._timing()}, status="diverged")
+                yield EpochResult(self.epoch, {**metrics, **self._timing()}, status=DIVERGED)
                 return
             last = self.epoch == self.config.train.epochs
             evaluated = last or self.epoch % evaluation.every_n_epochs == 0
             if evaluated:
-                metrics |= self.evaluate_label_free()
-                if self._collapsed(metrics["rankme/embedding"]):
+                eval_started = time.perf_counter()
+                metrics |= self.evaluator.label_free()
+                self.eval_seconds += time.perf_counter() - eval_started
+                metrics = distributed.broadcast_object(metrics)  # rank 0's decides for all
+                if self._collapsed(metrics[RANKME_EMBEDDING]):
                     self.history.rows.append(metrics)
-                    yield EpochResult(self.epoch, {**metrics, **self._timing()}, status="collapsed", evaluated=True)
+                    yield EpochResult(self.epoch, {**metrics, **self._timing()}, status=COLLAPSED, evaluated=True)
                     return
-            if last:
-                metrics |= self.evaluate_oracle()
+            # The spectrum first: a collective, which the other processes must not wait for
+            # while rank 0 runs the probes.
+            spectrum = self.evaluator.embedding_spectrum() if last else None
+            if last and self.rank == 0:
+                metrics |= self.evaluator.oracle()
             self.history.rows.append(metrics)
             yield EpochResult(
                 self.epoch,
                 {**metrics, **self._timing()},
-                status="ok" if last else "running",
+                status=OK if last else RUNNING,
                 evaluated=evaluated,
-                spectrum=self.embedding_spectrum() if last else None,
+                spectrum=spectrum,
             )
 
     def _collapsed(self, rank: float) -> bool:
@@ -185,188 +233,51 @@ class Trainer:
         if collapse is None:
             return False
         threshold = max(collapse.fraction * self.method.embedding_dim, collapse.floor)
-        ranks = [row["rankme/embedding"] for row in self.history.rows if "rankme/embedding" in row]
+        ranks = [row[RANKME_EMBEDDING] for row in self.history.rows if RANKME_EMBEDDING in row]
         recent = [*ranks, rank][-collapse.patience :]
         return len(recent) == collapse.patience and all(r < threshold for r in recent)
 
     def _train_batches(self) -> Iterator[torch.Tensor]:
-        """One epoch of shuffled training batches on the device, float in [0, 1]."""
+        """This process's rows of one epoch's shuffled training batches on the device, float
+        in [0, 1]."""
+        self.batches.set_epoch(self.epoch)
         if self.train_loader is not None:
-            epoch_seed = np.random.SeedSequence([self.config.seed, self.epoch]).generate_state(1)[0]
-            self._shuffle.manual_seed(int(epoch_seed))
             for images, _ in self.train_loader:
-                yield self._on_device(images)
+                yield to_device_floats(images, self.device, non_blocking=self.device.type == "cuda")
             return
         assert self.train_images is not None
-        order = torch.randperm(len(self.train_images), device=self.device)
-        for step in range(self.steps_per_epoch):
-            yield self.train_images[order[step * self.batch_size : (step + 1) * self.batch_size]]
-
-    def _on_device(self, images: torch.Tensor) -> torch.Tensor:
-        """A loader's batch (uint8 from a streamed split) on the device as float in [0, 1]."""
-        images = images.to(self.device, non_blocking=self.pin_memory)
-        return images.float().div_(255) if images.dtype == torch.uint8 else images
-
-    def _clean_batches(
-        self, split: LabelledImages | StreamedImages, *, limit: int | None = None
-    ) -> Iterator[torch.Tensor]:
-        """The first ``limit`` images of ``split`` (all by default), in order, as device batches
-        of up to ``_EVAL_BATCH`` in [0, 1] with the backbone's channels: for evaluation."""
-        if isinstance(split, StreamedImages):
-            for images, _ in split.loader(_EVAL_BATCH, pin_memory=self.pin_memory, limit=limit):
-                yield _to_channels(self._on_device(images), self.data.channels)
-            return
-        images = self.train_images if split is self.data.train and self.train_images is not None else split.images
-        for chunk in images[:limit].split(_EVAL_BATCH):
-            yield chunk.to(self.device)
+        for indices in self.batches.local_batches():
+            yield self.train_images[indices.to(self.device)]
 
     def _train_one_epoch(self) -> float:
         self.method.train()
         total = torch.zeros((), device=self.device)
         for step, batch in enumerate(self._train_batches()):
             progress = (self.epoch * self.steps_per_epoch + step) / max(self.total_steps, 1)
-            views = self.augment(batch)
-            if self.channels_last:
-                views = [view.contiguous(memory_format=torch.channels_last) for view in views]
-            with torch.autocast(
-                self.device.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None
-            ):
+            total += self.train_step(self.augment(batch), progress=progress).detach()
+        # One host sync per epoch, not per step; the processes' means average to the global one.
+        distributed.all_reduce_(total)
+        return float(total) / self.world_size / max(self.steps_per_epoch, 1)
+
+    def train_step(self, views: list[torch.Tensor], *, progress: float) -> torch.Tensor:
+        """One optimiser step on the (augmented, normalised) ``views`` of this process's rows of
+        a batch; returns the loss (this process's, which DDP averages into the global one)."""
+        if self.config.train.channels_last:
+            views = [view.contiguous(memory_format=torch.channels_last) for view in views]
+        with torch.autocast(
+            self.device.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None
+        ):
+            if self.data_parallel is not None:
+                loss = self.data_parallel(views, progress)
+            else:
                 loss = self.method.training_loss(views, progress=progress)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.method.before_optimizer_step(progress=progress, epoch=self.epoch)
-            self.optimizer.step()
-            self.scheduler.step()
-            self.method.after_step(progress=progress)
-            total += loss.detach()
-        # One host sync per epoch, not per step.
-        return float(total) / max(self.steps_per_epoch, 1)
-
-    # --- evaluation ----------------------------------------------------------------------------
-
-    @torch.no_grad()
-    def evaluate_label_free(self) -> dict[str, float]:
-        """RankMe of embeddings and representations (and the configured peers) on up to
-        ``evaluation.rankme_samples`` clean training images."""
-        started = time.perf_counter()
-        evaluation = self.config.evaluation
-        peers = [name for name in evaluation.label_free if name not in {"rankme", "lidar"}]
-        embedding = EmbeddingStats(self.method.embedding_dim, device=self.device, metrics=("rankme", *peers))
-        representation = EmbeddingStats(self.method.representation_dim, device=self.device, metrics=("rankme",))
-        self.method.eval()
-        for batch in self._clean_batches(self.data.train, limit=evaluation.rankme_samples):
-            rep, emb = self.method.embed(normalize(batch))
-            embedding.update(emb)
-            representation.update(rep)
-        emb_metrics = embedding.compute(("rankme", *peers))
-        rank = emb_metrics.pop("rankme")
-        metrics = {
-            "rankme/embedding": rank,
-            "rankme/embedding_clipped": min(rank, float(self.method.representation_dim)),
-            "rankme/representation": representation.compute(("rankme",))["rankme"],
-        }
-        metrics |= {f"label_free/{name}": value for name, value in emb_metrics.items()}
-        if "lidar" in evaluation.label_free:
-            metrics["label_free/lidar"] = self._lidar()
-        prototypes = self.method.prototypes()
-        if prototypes is not None:
-            metrics["rankme/prototypes"] = rankme(prototypes.detach())
-        self.eval_seconds += time.perf_counter() - started
-        return metrics
-
-    @torch.no_grad()
-    def _lidar(self) -> float:
-        """LiDAR on n clean samples × q views drawn with the training augmentations."""
-        evaluation = self.config.evaluation
-        views = [
-            torch.stack(
-                [self.method.embed(normalize(self.augment.view(chunk)))[1] for _ in range(evaluation.lidar_views)],
-                dim=1,
-            )
-            for chunk in self._clean_batches(self.data.train, limit=evaluation.lidar_samples)
-        ]
-        return lidar(torch.cat(views))
-
-    @torch.no_grad()
-    def embedding_spectrum(self) -> list[float]:
-        """Singular values (descending) of the embeddings RankMe is computed on, for plots."""
-        samples = self._clean_batches(self.data.train, limit=self.config.evaluation.rankme_samples)
-        self.method.eval()
-        z = torch.cat([self.method.embed(normalize(chunk))[1] for chunk in samples])
-        return singular_values(z).tolist()
-
-    @torch.no_grad()
-    def representations(self, images: LabelledImages | StreamedImages) -> torch.Tensor:
-        """Frozen backbone features (N, D) of clean images, on the training device."""
-        self.method.eval()
-        return torch.cat([self.method.embed(normalize(batch))[0] for batch in self._clean_batches(images)])
-
-    def evaluate_oracle(self) -> dict[str, float]:
-        """Labelled probes on the frozen backbone (for comparison with RankMe only).
-
-        The probes run on the training dataset's train/test split (``oracle/<probe>/<name>``)
-        and on each of ``evaluation.oracle_datasets`` (out-of-distribution, same keys under
-        its own name), followed by ``oracle/linear/ood_mean``, the mean linear-probe accuracy
-        over the OOD datasets. The OOD datasets are loaded once per trainer, resized to
-        ``data.image_size`` and converted to the backbone's channels (RGB to grey by the
-        channel mean, grey to RGB by repetition).
-        """
-        evaluation = self.config.evaluation
-        if not evaluation.oracle:
-            return {}
-        started = time.perf_counter()
-        metrics: dict[str, float] = {}
-        ood_linear: list[float] = []
-        for index, splits in enumerate([self.data, *self._oracle_splits]):
-            train, test = splits.train, splits.test
-            train_x, test_x = self.representations(train), self.representations(test)
-            if "linear" in evaluation.oracle:
-                accuracy = linear_probe_accuracy(
-                    train_x,
-                    train.labels,
-                    test_x,
-                    test.labels,
-                    epochs=evaluation.linear_epochs,
-                    seed=self.config.seed,
-                )
-                metrics[f"oracle/linear/{splits.name}"] = accuracy
-                if index > 0:
-                    ood_linear.append(accuracy)
-            if "knn" in evaluation.oracle:
-                metrics[f"oracle/knn/{splits.name}"] = knn_accuracy(
-                    train_x,
-                    train.labels,
-                    test_x,
-                    test.labels,
-                    k=evaluation.knn_k,
-                    temperature=evaluation.knn_temperature,
-                )
-        if ood_linear:
-            metrics["oracle/linear/ood_mean"] = float(np.mean(ood_linear))
-        metrics["time/oracle_s"] = time.perf_counter() - started
-        return metrics
-
-    @cached_property
-    def _oracle_splits(self) -> list[DatasetSplits]:
-        """``evaluation.oracle_datasets`` at ``data.image_size`` with the backbone's channels,
-        each under a unique name (a clash with an earlier name gets the suffix ``-2``, ...)."""
-        channels = self.data.channels
-        names = {self.data.name}
-        loaded = []
-        for data in self.config.evaluation.oracle_datasets:
-            splits = load_dataset(data.model_copy(update={"image_size": self.config.data.image_size}))
-            name, suffix = splits.name, 2
-            while name in names:
-                name, suffix = f"{splits.name}-{suffix}", suffix + 1
-            names.add(name)
-            if not splits.streamed:  # streamed splits are converted batch by batch
-                train, test = (
-                    LabelledImages(_to_channels(part.images, channels), part.labels)
-                    for part in (splits.train, splits.test)
-                )
-                splits = replace(splits, train=train, test=test)
-            loaded.append(replace(splits, name=name))
-        return loaded
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.method.before_optimizer_step(progress=progress, epoch=self.epoch)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.method.after_step(progress=progress)
+        return loss
 
     def _timing(self) -> dict[str, float]:
         return {"time/eval_s": self.eval_seconds, "time/train_s": self.train_seconds}
@@ -374,14 +285,17 @@ class Trainer:
     # --- checkpoints ---------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue exactly: a plain dict that carries its config."""
+        """Everything needed to continue exactly: a plain dict that carries its config. With
+        several processes a collective (every process calls it): ``rng`` is then the list of
+        every rank's RNG states."""
+        rng = _rng_state()
         return {
             "config": self.config.to_dict(),
             "epoch": self.epoch,
             "model": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "rng": _rng_state(),
+            "rng": distributed.all_gather_objects(rng) if self.world_size > 1 else rng,
             "history": list(self.history.rows),
             "eval_seconds": self.eval_seconds,
             "train_seconds": self.train_seconds,
@@ -395,7 +309,32 @@ class Trainer:
         self.history = _History(list(state["history"]))
         self.eval_seconds = float(state.get("eval_seconds", 0.0))
         self.train_seconds = float(state.get("train_seconds", 0.0))
-        _set_rng_state(state["rng"])
+        rng = state["rng"]
+        _set_rng_state(rng[self.rank % len(rng)] if isinstance(rng, list) else rng)
+
+
+# DDP must not overwrite buffers with rank 0's before every forward: SyncBatchNorm keeps the
+# running statistics equal, and SwAV's queue holds each process's own rows. torch ≥ 2.14 names
+# the option forward_sync_buffers (which still syncs once, at construction: they are equal then).
+_NO_BUFFER_SYNC = (
+    {"forward_sync_buffers": False}
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters
+    else {"broadcast_buffers": False}
+)
+
+
+def _global_batch(config: SweeperConfig, train_size: int, world_size: int) -> int:
+    """``train.batch_size`` (at most the training split, rounded down to a multiple of the
+    processes), checked to split evenly between them."""
+    if config.train.batch_size % world_size:
+        raise ConfigError(
+            f"train.batch_size: {config.train.batch_size} does not split evenly between "
+            f"{world_size} workers: use a multiple of {world_size}"
+        )
+    batch = min(config.train.batch_size, train_size) // world_size * world_size
+    if batch < world_size:
+        raise ConfigError(f"data: {train_size} training images cannot feed {world_size} workers")
+    return batch
 
 
 def _augmentation(config: SweeperConfig, method: SSLMethod, *, flip: bool) -> MultiViewAugment:
@@ -415,18 +354,6 @@ def _augmentation(config: SweeperConfig, method: SSLMethod, *, flip: bool) -> Mu
         flip=flip,
         **({"crop_scale": scale} if scale is not None else {}),
     )
-
-
-def _to_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
-    """Images (N, C, H, W) with ``channels`` channels: grey by the channel mean, or a
-    single channel repeated."""
-    if images.shape[1] == channels:
-        return images
-    if channels == 1:
-        return images.mean(dim=1, keepdim=True)
-    if images.shape[1] == 1:
-        return images.repeat(1, channels, 1, 1)
-    raise ValueError(f"cannot convert {images.shape[1]}-channel images to {channels} channels")
 
 
 def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:

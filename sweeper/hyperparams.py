@@ -1,9 +1,10 @@
 """The hyperparameters of each SSL method: names, types, defaults and valid ranges.
 
-One pydantic model per method, keyed by method name in :data:`METHOD_PARAMS`. The config
-validates ``method.params`` (and search-space keys ``method.params.<name>``) against these;
-the method classes in :mod:`sweeper.methods` take exactly these fields as keyword arguments.
-Layer 0: pydantic only.
+One pydantic model per method, keyed by method name in :data:`METHOD_PARAMS`: the one place
+the method names are declared (``config.MethodName`` is derived from its keys, and
+:mod:`sweeper.methods` checks its registry against them at import). The config validates
+``method.params`` (and search-space keys ``method.params.<name>``) against these; the method
+classes take exactly these fields as keyword arguments. Layer 0: pydantic only.
 """
 
 from __future__ import annotations

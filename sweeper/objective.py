@@ -21,7 +21,7 @@ import optuna
 from sweeper.config import SweeperConfig
 from sweeper.data import DatasetSplits, load_dataset
 from sweeper.engine import Trainer
-from sweeper.trainable import objective_value
+from sweeper.names import RANKME_EMBEDDING, RANKME_REPRESENTATION, objective_value
 
 __all__ = ["make_objective"]
 
@@ -44,12 +44,12 @@ def make_objective(config: SweeperConfig, *, data: DatasetSplits | None = None) 
             latest |= result.metrics
             trial.set_user_attr("status", result.status)
             if result.evaluated and not result.done:
-                trial.report(objective_value(trial_config, latest), step=result.epoch)
+                trial.report(objective_value(trial_config.search.objective, latest), step=result.epoch)
                 if trial.should_prune():
                     raise optuna.TrialPruned()
-        for key in ("rankme/embedding", "rankme/representation"):
+        for key in (RANKME_EMBEDDING, RANKME_REPRESENTATION):
             if key in latest:
                 trial.set_user_attr(key, float(latest[key]))
-        return objective_value(trial_config, latest)
+        return objective_value(trial_config.search.objective, latest)
 
     return objective

@@ -20,7 +20,7 @@ from typing import Any, TextIO
 
 from ray.job_submission import JobStatus, JobSubmissionClient
 
-from sweeper.sweep import SweepError
+from sweeper.errors import SubmitError
 
 __all__ = ["DEFAULT_EXCLUDES", "submit_sweep"]
 
@@ -39,7 +39,7 @@ def submit_sweep(
     """Submit ``config_path`` (a file under the current directory) as a Ray Job.
 
     Returns 0 once submitted (``wait=False``), else the job's outcome: 0 if it succeeded,
-    1 if it failed or was stopped. Raises :class:`SweepError` with a clear message when the
+    1 if it failed or was stopped. Raises :class:`SubmitError` with a clear message when the
     head cannot be reached or refuses the credentials.
     """
     working_dir = Path.cwd()
@@ -47,7 +47,7 @@ def submit_sweep(
     try:
         relative = config_path.relative_to(working_dir)
     except ValueError:
-        raise SweepError(
+        raise SubmitError(
             f"{config_path} is outside the current directory, which is what the job ships: "
             "run sweeper submit from a directory that contains the config"
         ) from None
@@ -84,7 +84,7 @@ def _client(address: str) -> JobSubmissionClient:
         if token:
             text = text.replace(token, "***")
         first_line = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-        raise SweepError(f"cannot reach the Ray head at {address} ({first_line[:200]}): {hint}") from None
+        raise SubmitError(f"cannot reach the Ray head at {address} ({first_line[:200]}): {hint}") from None
 
 
 async def _stream_logs(client: JobSubmissionClient, job_id: str, out: TextIO) -> None:

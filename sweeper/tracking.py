@@ -8,38 +8,54 @@ so replayed epochs after a resume are not logged twice.
 
 Everything goes through :class:`mlflow.tracking.MlflowClient` with explicit run ids (no
 global active run), from the sweep driver only: trials never talk to the tracking server.
+The driver queues its writes in a :class:`TrackingOutbox`, which runs them in order and keeps
+the rest queued while the tracking server is down, so that an outage never blocks the trials.
 """
 
 from __future__ import annotations
 
+import functools
 import json
-import re
+import logging
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-__all__ = ["SweepTracker", "TrackingError", "check_tracking_uri", "flatten", "redact"]
+from sweeper.errors import TrackingError
+from sweeper.names import FAILED, is_metric_key
+
+__all__ = ["SweepTracker", "TrackingError", "TrackingOutbox", "check_tracking_uri", "flatten", "redact"]
+
+_log = logging.getLogger(__name__)
 
 SWEEP_TAG = "sweeper.sweep"
 TRIAL_TAG = "sweeper.trial_id"
 STATUS_TAG = "sweeper.status"
+ERROR_TAG = "sweeper.error"
 PARENT_TAG = "mlflow.parentRunId"
 _MAX_PARAM_LENGTH = 6000
-
-
-class TrackingError(RuntimeError):
-    """The tracking server or store cannot be used; the message says how to fix it."""
+# The SQL stores MLflow's tracking server code runs on (SQLAlchemy dialects).
+_TRACKING_DATABASES = {"sqlite", "postgresql", "postgres", "mysql", "mssql"}
 
 
 def check_tracking_uri(uri: str, *, timeout: float = 5.0) -> None:
-    """Fail fast, before anything is written, if ``uri`` cannot be reached."""
-    if uri.startswith(("http://", "https://")):
+    """Fail fast, before anything is written, if ``uri`` cannot hold the sweep's records: an
+    ``http(s)://`` server must answer ``/health``; a database URL must be usable
+    (:func:`sweeper.storage.check_database_url`: an sqlite file opened read-only, its directory
+    writable; a server accepting a connection within ``timeout``); any other scheme, MLflow's
+    retired file store and an in-memory database are refused."""
+    from sweeper.storage import StorageError, check_database_url, redact_credentials
+
+    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else ""
+    if scheme in {"http", "https"}:
         try:
             with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
                 if response.status >= 400:
@@ -49,13 +65,19 @@ def check_tracking_uri(uri: str, *, timeout: float = 5.0) -> None:
             raise TrackingError(
                 f"tracking.uri {uri} is unreachable ({reason}): start the MLflow server or fix tracking.uri"
             ) from None
-    elif uri.startswith("sqlite:///"):
-        database = Path(uri.removeprefix("sqlite:///"))
-        if not database.parent.expanduser().is_dir():
-            raise TrackingError(f"tracking.uri {uri}: directory {str(database.parent)!r} does not exist")
-    elif uri.startswith(("file:", "./", "/")) or "://" not in uri:
+    elif scheme in {"", "file"}:
         raise TrackingError(
             f"tracking.uri {uri!r}: MLflow's file store is retired; use sqlite:///mlflow.db or an http:// server"
+        )
+    elif scheme in _TRACKING_DATABASES:
+        try:
+            check_database_url(uri, key="tracking.uri", timeout=timeout)
+        except StorageError as exc:
+            raise TrackingError(str(exc)) from None
+    elif scheme not in {"databricks", "databricks-uc"}:
+        raise TrackingError(
+            f"tracking.uri {redact_credentials(uri)!r}: MLflow cannot track to {scheme}://; use sqlite:///mlflow.db, "
+            "an http(s):// MLflow server or a database (postgresql://, mysql://, mssql://)"
         )
 
 
@@ -126,7 +148,7 @@ class SweepTracker:
             return existing
         run = self.client.create_run(self.experiment_id, run_name=self.sweep, tags={SWEEP_TAG: self.sweep})
         self.parent_id = run.info.run_id
-        flat = {key: redact(value) for key, value in flatten(config).items()}
+        flat = {key: _redact_tree(value) for key, value in flatten(config).items()}
         params = [Param(key, _param_value(value)) for key, value in flat.items() if not key.startswith("search.space.")]
         for start in range(0, len(params), 100):
             self.client.log_batch(self.parent_id, params=params[start : start + 100])
@@ -182,10 +204,19 @@ class SweepTracker:
         self._children[trial_id] = run_id
         return run_id
 
+    def kill_running_children(self) -> None:
+        """End the child runs still RUNNING (trials an interrupted sweep stopped) as KILLED."""
+        for run in self._child_runs():
+            if run.info.status == "RUNNING":
+                self.client.set_terminated(run.info.run_id, status="KILLED")
+
     def child_ids(self) -> dict[str, str]:
         """``{trial_id: run_id}`` of every child run of the sweep in the store."""
-        runs = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_id}'")
-        return {run.data.tags[TRIAL_TAG]: run.info.run_id for run in runs}
+        return {run.data.tags[TRIAL_TAG]: run.info.run_id for run in self._child_runs()}
+
+    def finished_trials(self) -> set[str]:
+        """The trials whose child run was finished (:meth:`finish_trial` was its last write)."""
+        return {run.data.tags[TRIAL_TAG] for run in self._child_runs() if STATUS_TAG in run.data.tags}
 
     def log_metrics(self, trial_id: str, metrics: Mapping[str, float], *, step: int) -> int:
         """Log the numeric ``metrics`` at ``step`` unless that (key, step) is already there.
@@ -206,40 +237,110 @@ class SweepTracker:
             logged[point.key] = step
         return len(points)
 
-    def finish_child(self, trial_id: str, *, status: str) -> None:
-        run_id = self._children.get(trial_id)
+    def log_result(self, trial_id: str, result: Mapping[str, Any], *, step: int) -> int:
+        """Log a trial's result: its numeric metric keys (``group/name``) at ``step``, into its
+        child run (found or created). Returns the number of points logged."""
+        self.child(trial_id, {})
+        return self.log_metrics(trial_id, {k: v for k, v in result.items() if is_metric_key(k)}, step=step)
+
+    def finish_trial(self, trial_id: str, *, status: str, error: str | None = None) -> None:
+        """End the trial's child run with its sweeper ``status`` (tag ``sweeper.status``) and,
+        for a failure, the ``error`` summary (tag ``sweeper.error``)."""
+        run_id = self._children.get(trial_id) or self.child_ids().get(trial_id)
         if run_id is None:
             return
+        if error:
+            self.client.set_tag(run_id, ERROR_TAG, error)
         self.client.set_tag(run_id, STATUS_TAG, status)
-        self.client.set_terminated(run_id, status="FAILED" if status == "failed" else "FINISHED")
+        self.client.set_terminated(run_id, status="FAILED" if status == FAILED else "FINISHED")
 
     def tag_children(self, key: str, values: Mapping[str, str]) -> None:
         """Set tag ``key`` on the child run of each trial in ``values`` (``{trial_id: value}``)
         and delete it from every other child run of the sweep, so that a repeated selection
         (``sweeper compare`` on a sweep that has progressed) replaces the previous one."""
-        runs = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_id}'")
-        for run in runs:
+        for run in self._child_runs():
             trial_id = run.data.tags.get(TRIAL_TAG)
             if trial_id in values:
                 self.client.set_tag(run.info.run_id, key, values[trial_id])
             elif key in run.data.tags:
                 self.client.delete_tag(run.info.run_id, key)
 
-    def set_child_tag(self, trial_id: str, key: str, value: str) -> None:
-        run_id = self._children.get(trial_id) or self.child_ids().get(trial_id)
-        if run_id is not None:
-            self.client.set_tag(run_id, key, value)
+    def _child_runs(self) -> list[Any]:
+        return self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_id}'", max_results=50000
+        )
 
     def _steps_already_logged(self, latest: Mapping[str, float], run_id: str) -> dict[str, int]:
         return {key: max(m.step for m in self.client.get_metric_history(run_id, key)) for key in latest}
 
 
-_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]+:)[^@\s]+@")
+class TrackingOutbox:
+    """Tracking writes, run in the order they were queued.
+
+    :meth:`put` queues a write and runs what is queued. When a write fails (the tracking
+    server is down: the outage surfaces as many exception types), it and every write behind it
+    stay queued and are retried on the next :meth:`put` or :meth:`flush`, at most every
+    ``retry_every_s`` seconds, so the caller (Tune's event loop) is never blocked. Retrying is
+    safe with :class:`SweepTracker`, which logs each (key, step) once.
+
+    Args:
+        wait_for: A future every write waits for first (the parent run being created); its
+            exception, if any, is raised by the first :meth:`put`.
+        retry_every_s: Seconds between retries after a failure.
+    """
+
+    def __init__(self, *, wait_for: Future[Any] | None = None, retry_every_s: float = 5.0) -> None:
+        self.retry_every_s = retry_every_s
+        self.failures = 0
+        self._wait_for = wait_for
+        self._queue: deque[Callable[[], object]] = deque()
+        self._retry_at = 0.0
+
+    # Pickled into Ray Tune's state with the callback: queued writes and futures stay here.
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_queue": deque(), "_wait_for": None, "_retry_at": 0.0}
+
+    @property
+    def pending(self) -> int:
+        """Writes queued and not yet landed."""
+        return len(self._queue)
+
+    def put(self, write: Callable[..., object], *args: Any, **kwargs: Any) -> bool:
+        """Queue ``write(*args, **kwargs)`` and run the queue; True once everything landed."""
+        if self._wait_for is not None:
+            self._wait_for.result()  # raises what the awaited work raised
+            self._wait_for = None
+        self._queue.append(functools.partial(write, *args, **kwargs))
+        return self.flush()
+
+    def flush(self, *, wait_s: float = 0.0) -> bool:
+        """Run the queued writes in order; True once all landed. After a failure the rest wait
+        for the next call, or with ``wait_s``, are retried until that many seconds ran out."""
+        deadline = time.monotonic() + wait_s
+        while self._queue:
+            if not wait_s and time.monotonic() < self._retry_at:
+                return False
+            try:
+                self._queue[0]()
+            except Exception as exc:  # the server's outage surfaces as many exception types
+                self.failures += 1
+                if self.failures == 1 or self.failures % 20 == 0:
+                    _log.warning("MLflow write failed (%s); %d queued, will retry", exc, len(self._queue))
+                self._retry_at = time.monotonic() + self.retry_every_s
+                if self._retry_at > deadline:
+                    return False
+                time.sleep(self.retry_every_s)
+                continue
+            self._queue.popleft()
+        return True
 
 
 def redact(value: Any) -> Any:
-    """Replace the password of ``scheme://user:password@host`` URLs with ``***`` (strings only)."""
-    return _URL_PASSWORD.sub(r"\g<head>***@", value) if isinstance(value, str) else value
+    """Replace the userinfo of every URL in a string (any scheme case, any characters up to the
+    last ``@``) and secret query values with ``***`` (strings only)."""
+    from sweeper.storage import redact_credentials
+
+    return redact_credentials(value) if isinstance(value, str) else value
 
 
 def _redact_tree(data: Any) -> Any:

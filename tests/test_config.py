@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
+import yaml
 
 from sweeper.config import ConfigError, SweeperConfig, load_config, parse_overrides
+from sweeper.storage import redact_credentials, uri_credentials
+from sweeper.yamlio import MAX_NODES, read_yaml
 from tests.helpers import tiny_config_data
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
@@ -73,6 +77,16 @@ def test_round_trip_through_dict() -> None:
         (base(search={"space": {"train.lr": {"low": 1e-4, "high": 1e-2}}}), r"grid algorithm needs values"),
         ({"search": {}}, r"^name: required key is missing"),
         (base(name="bad name/"), r"not a usable sweep name"),
+        (base(name="trailing\n"), r"^name: contains the control character '\\n'"),
+        (base(method={"params": {"cov_weight": float("inf")}}), r"^method\.params\.cov_weight: .*finite number"),
+        (base(method={"params": {"cov_weight": "inf"}}), r"^method\.params\.cov_weight: .*finite number"),
+        (base(method={"params": {"cov": 1.0}}), r"^method\.params\.cov: vicreg has no hyperparameter 'cov'"),
+        (base(train={"lr": float("nan")}), r"^train\.lr: .*finite number"),
+        (base(selection={"rule": "max", "param": "train.lr"}), r"^selection\.param: 'train\.lr' is not searched"),
+        (
+            base(search={"objective": "label_free/nesum", "space": {"train.lr": {"values": [1e-3]}}}),
+            r"^search\.objective: 'label_free/nesum': nesum is not computed: add it to evaluation\.label_free",
+        ),
     ],
 )
 def test_malformed_config_is_one_clear_line(data: dict, expected: str) -> None:
@@ -86,14 +100,80 @@ def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
         load_config(tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: [unclosed\n")
-    with pytest.raises(ConfigError, match="not valid YAML at line"):
+    with pytest.raises(ConfigError, match="not valid YAML at line") as info:
+        load_config(bad)
+    assert "\n" not in str(info.value)
+    bad.write_bytes(b"name: caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"not UTF-8 text \(byte 0xe9 at offset 9\): save the file as UTF-8"):
         load_config(bad)
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("1e-4", 1e-4),
+        ("-2.5E+3", -2500.0),
+        ("1.0e-5", 1e-5),
+        (".inf", math.inf),
+        ("10", 10),
+        ("0x1F", 31),
+        ("1e", "1e"),
+        ("e5", "e5"),
+        ("'1e-4'", "1e-4"),
+    ],
+)
+def test_read_yaml_reads_yaml_12_floats(text: str, expected: object) -> None:
+    value = read_yaml(text, source="test")
+    assert value == expected and type(value) is type(expected)
+    assert yaml.safe_load("1e-4") == "1e-4"  # PyYAML's own SafeLoader is left as it was
+
+
+def test_read_yaml_bounds_alias_expansion() -> None:
+    text = "a: &a [1, 2, 3]\nb: [*a, *a, *a]\n"
+    assert read_yaml(text, source="t") == {"a": [1, 2, 3], "b": [[1, 2, 3]] * 3}
+    width = 10
+    bomb = "l0: &l0 [" + ", ".join(["x"] * width) + "]\n"
+    bomb += "".join(f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * width) + "]\n" for i in range(1, 6))
+    assert MAX_NODES < width**6
+    with pytest.raises(ConfigError, match=rf"^bomb: its aliases expand to more than {MAX_NODES} values"):
+        read_yaml(bomb, source="bomb")
+    just_under = "".join(f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * width) + "]\n" for i in range(1, 4))
+    assert len(read_yaml("l0: &l0 [" + ", ".join(["x"] * width) + "]\n" + just_under, source="t")["l3"]) == width
+
+
+@pytest.mark.parametrize(
+    ("uri", "found"),
+    [
+        ("HTTP://alice:pw@host:1/", "a user name and password"),
+        ("http://alice:p/w@host:1/", "a user name and password"),
+        ("http://alice:p?w#x@host", "a user name and password"),
+        ("https://token@host", "a user name or token"),
+        ("s3://KEY:SECRET@bucket/x", "a user name and password"),
+        ("s3://bucket/x?Secret_Key=s&region=us-east-1", "secret_key"),
+        ("postgresql://user:pw@host/db", "a user name and password"),
+        ("postgresql://user@host/db?password=pw", "password"),
+        ("postgresql://user@host/db", None),
+        ("PostgreSQL+psycopg://user@host:5432/db", None),
+        ("sqlite:////home/me@lab/mlflow.db", None),
+        ("http://127.0.0.1:5000", None),
+        ("journal:/x@y", None),
+        ("not a uri", None),
+    ],
+)
+def test_uri_credentials_parses_any_spelling(uri: str, found: str | None) -> None:
+    assert uri_credentials(uri) == found
+    if found is not None:
+        assert "***" in redact_credentials(uri)
+        assert not any(secret in redact_credentials(uri) for secret in ("pw", "p/w", "SECRET", "token", "=s&"))
+
+
 def test_parse_overrides_rejects_missing_equals() -> None:
-    assert parse_overrides(["a.b=1", "c=[1, 2]", "d=text"]) == {"a.b": 1, "c": [1, 2], "d": "text"}
+    assert parse_overrides(["a.b=1", "c=[1, 2]", "d=text", "e=1e-3"]) == {"a.b": 1, "c": [1, 2], "d": "text", "e": 1e-3}
     with pytest.raises(ConfigError, match="dotted.key=value"):
         parse_overrides(["train.epochs"])
+    with pytest.raises(ConfigError, match=r"^--set a: value '\[1, 2': not valid YAML at line 1, column 6 \(") as info:
+        parse_overrides(["a=[1, 2"])
+    assert "\n" not in str(info.value)
 
 
 def test_suggest_is_define_by_run() -> None:

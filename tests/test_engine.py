@@ -127,6 +127,8 @@ def test_mixed_precision_and_channels_last_train_on_cpu(digits, precision, chann
     data = {**TINY, "train": {**TINY["train"], "epochs": 2, "precision": precision, "channels_last": channels_last}}
     trainer = Trainer(load_config(data=data), data=digits)
     assert (trainer.autocast_dtype is torch.bfloat16) == (precision == "bf16")
+    convolution = next(p for p in trainer.method.parameters() if p.dim() == 4 and p.shape[1] > 1)
+    assert convolution.is_contiguous(memory_format=torch.channels_last) is channels_last
     losses = [r.metrics["train/loss"] for r in trainer.epochs()]
     assert all(math.isfinite(loss) for loss in losses)
     # Evaluation stays fp32: RankMe is still exact.
@@ -134,3 +136,9 @@ def test_mixed_precision_and_channels_last_train_on_cpu(digits, precision, chann
     assert emb.dtype == torch.float32
     final = trainer.history.rows[-1]
     assert final["rankme/embedding"] == pytest.approx(_rankme_float64(emb.numpy()), rel=1e-6)
+
+
+def test_channels_last_is_the_default(digits) -> None:
+    trainer = Trainer(load_config(data=TINY), data=digits)
+    convolution = next(p for p in trainer.method.parameters() if p.dim() == 4 and p.shape[1] > 1)
+    assert convolution.is_contiguous(memory_format=torch.channels_last)

@@ -1,4 +1,5 @@
-"""OOD oracle: the probes on ``evaluation.oracle_datasets`` with the frozen backbone."""
+"""OOD oracle through the trainer: the probes on ``evaluation.oracle_datasets`` with the frozen
+backbone, from image folders (the Evaluator alone: tests/test_evaluation.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import torch
 from PIL import Image
 
 import sweeper.engine as engine
+import sweeper.evaluation as evaluation
 from sweeper.config import load_config
-from sweeper.engine import Trainer, _to_channels
+from sweeper.engine import Trainer
 
 TINY = {
     "name": "engine-ood-test",
@@ -73,6 +75,7 @@ def test_oracle_datasets_are_probed_and_averaged(ood_roots, monkeypatch) -> None
         return original(config)
 
     monkeypatch.setattr(engine, "load_dataset", counting)
+    monkeypatch.setattr(evaluation, "load_dataset", counting)
     trainer = Trainer(_config(ood_roots))
     final = list(trainer.epochs())[-1]
     assert final.status == "ok"
@@ -88,16 +91,16 @@ def test_oracle_datasets_are_probed_and_averaged(ood_roots, monkeypatch) -> None
     assert "oracle/knn/ood_mean" not in metrics  # the contract names the linear mean only
     # Loaded once, converted to the backbone's one channel at data.image_size, then cached.
     assert calls == ["digits", "imagefolder", "imagefolder"]
-    for splits in trainer._oracle_splits:
+    for splits in trainer.evaluator.ood_splits:
         assert splits.train.images.shape[1:] == (1, 8, 8)
         assert len(splits.train) == len(splits.test) == 60
-    trainer.evaluate_oracle()
+    trainer.evaluator.oracle()
     assert calls == ["digits", "imagefolder", "imagefolder"]
 
 
 def test_without_oracle_datasets_there_is_no_ood_mean() -> None:
     trainer = Trainer(load_config(data={**TINY, "evaluation": {**TINY["evaluation"], "oracle": ["knn"]}}))
-    metrics = trainer.evaluate_oracle()
+    metrics = trainer.evaluator.oracle()
     assert set(metrics) == {"oracle/knn/digits", "time/oracle_s"}
 
 
@@ -116,22 +119,12 @@ def test_rgb_backbone_probes_grey_digits_and_names_are_unique(ood_roots) -> None
     }
     trainer = Trainer(load_config(data=data))
     assert trainer.data.channels == 3
-    metrics = trainer.evaluate_oracle()
+    metrics = trainer.evaluator.oracle()
     assert {k for k in metrics if k.startswith("oracle/")} == {
         "oracle/linear/inverted",
         "oracle/linear/digits",
         "oracle/linear/inverted-2",
         "oracle/linear/ood_mean",
     }
-    digits = trainer._oracle_splits[0].train.images
+    digits = trainer.evaluator.ood_splits[0].train.images
     assert digits.shape[1] == 3 and torch.equal(digits[:, 0], digits[:, 2])
-
-
-def test_to_channels_converts_grey_and_rgb() -> None:
-    rgb = torch.rand(2, 3, 4, 4)
-    assert torch.allclose(_to_channels(rgb, 1), rgb.mean(dim=1, keepdim=True))
-    grey = torch.rand(2, 1, 4, 4)
-    assert torch.equal(_to_channels(grey, 3), grey.expand(2, 3, 4, 4))
-    assert _to_channels(rgb, 3) is rgb
-    with pytest.raises(ValueError, match="2-channel"):
-        _to_channels(torch.rand(1, 2, 4, 4), 3)

@@ -40,7 +40,9 @@ def _rows_reported(directory: Path) -> dict[str, list[tuple[int, int]]]:
     reported = {}
     for result in directory.glob("train_trial_*/result.json"):
         rows = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
-        reported[rows[0]["trial_id"] if rows else result.parent.name] = [(r["epoch"], r["pid"]) for r in rows]
+        # A trial started but not yet reported: its id from its directory (train_trial_<id>_<n>_...).
+        trial_id = rows[0]["trial_id"] if rows else "_".join(result.parent.name.split("_")[2:4])
+        reported[trial_id] = [(r["epoch"], r["pid"]) for r in rows]
     return reported
 
 

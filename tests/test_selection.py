@@ -376,6 +376,9 @@ def test_select_all_returns_the_standard_rules() -> None:
         "oracle/ood",
         "rankme/max",
         "rankme/plateau",
+        "rankme/noise_plateau",
+        "rank_gate/lidar",
+        "consensus/borda",
         "alpha_req/band",
         "lidar/max",
     ]
@@ -387,9 +390,19 @@ def test_select_all_returns_the_standard_rules() -> None:
         "oracle/ood": 1.0,
         "rankme/max": 1.0,
         "rankme/plateau": 0.1,
+        # Both seeds agree (no spread): the plain plateau's tolerance.
+        "rankme/noise_plateau": 0.1,
+        # Clipped RankMe >= 75 of 100 keeps 0.1, 1.0, 4.0; LiDAR 2, 4, 3 among them.
+        "rank_gate/lidar": 1.0,
+        # Borda (4 configurations, 3..0 points): RankMe 1.0 > 0.1 > 4.0 > 0.0, LiDAR 1.0 > 4.0 >
+        # 0.1 > 0.0, alpha-ReQ distance 4.0 < 0.1 < 1.0 < 0.0 (NESum all NaN: left out) ->
+        # 0.0: 0, 0.1: 2+1+2, 1.0: 3+3+1, 4.0: 1+2+3.
+        "consensus/borda": 1.0,
         "alpha_req/band": 4.0,
         "lidar/max": 1.0,
     }
+    assert picks["consensus/borda"].value == 7.0
+    assert picks["rank_gate/lidar"].value == 4.0
     assert picks["rankme/max"].metric == "rankme/embedding_clipped"
     assert picks["rankme/plateau"].trial_ids == ("t2", "t3")
 
@@ -424,9 +437,13 @@ def test_select_all_without_optional_inputs_or_clipped_rank() -> None:
     table = full_table()
     table["rankme/embedding_clipped"] = math.nan  # present but empty: fall back
     picks = select_all(table, params=[COV, "seed"], selection_param=None, tolerance=0.01)
-    assert list(picks) == ["oracle/ood", "rankme/max"]
+    assert list(picks) == ["oracle/ood", "rankme/max", "rank_gate/lidar", "consensus/borda"]
     assert picks["rankme/max"].metric == RANK
     assert picks["rankme/max"].params == {COV: 1.0}  # tie 1.0 / 4.0: the smaller
+    # The consensus reads every logged label-free column, named in label_free or not. RankMe
+    # ties 1.0 / 4.0 at 100: both get the mean of ranks 1 and 2 (2.5 points of 3).
+    # 1.0: 2.5 + LiDAR 3 + alpha-ReQ 1; 4.0: 2.5 + 2 + 3.
+    assert picks["consensus/borda"].params == {COV: 4.0} and picks["consensus/borda"].value == 7.5
 
 
 def test_gap_to_oracle() -> None:
@@ -445,6 +462,9 @@ def test_gap_to_oracle() -> None:
         "oracle/ood": -0.25,
         "rankme/max": -0.25,
         "rankme/plateau": 0.0,
+        "rankme/noise_plateau": 0.0,
+        "rank_gate/lidar": -0.25,
+        "consensus/borda": -0.25,
     }
 
 
@@ -496,12 +516,18 @@ def test_plateau_rejects_bad_arguments(kwargs: dict[str, object], error: type) -
 
 
 def test_module_is_layer_zero() -> None:
-    tree = ast.parse(Path(selection.__file__).read_text())
-    imported = {
-        alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
-    } | {(node.module or "").split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    assert not imported & {"torch", "ray", "mlflow", "optuna", "sweeper"}
-    assert set(selection.__all__) == {
+    modules: set[str] = set()
+    for path in Path(selection.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        modules |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        modules |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert not {module.split(".")[0] for module in modules} & {"torch", "ray", "mlflow", "optuna"}
+    # Of the package, only the shared names (L0, imports nothing heavy) and its own modules.
+    outside = {module for module in modules if module.split(".")[0] == "sweeper"} - {
+        f"sweeper.selection.{path.stem}" for path in Path(selection.__file__).parent.glob("_*.py")
+    }
+    assert outside == {"sweeper.names"}
+    assert {
         "Pick",
         "aggregate_seeds",
         "gap_to_oracle",
@@ -510,7 +536,11 @@ def test_module_is_layer_zero() -> None:
         "select_band",
         "select_max",
         "select_plateau",
-    }
+        "select_rank_gate",
+        "select_noise_plateau",
+        "select_consensus",
+        "seed_spread",
+    } <= set(selection.__all__)
     assert all(hasattr(selection, name) for name in selection.__all__)
 
 

@@ -10,6 +10,8 @@ from mlflow.tracking import MlflowClient
 
 from sweeper.config import load_config
 from sweeper.sweep import SweepError, run_sweep
+from sweeper.sweep._callback import TrackingCallback
+from sweeper.tracking import SweepTracker
 from tests.helpers import tiny_config_data
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -66,6 +68,13 @@ def test_mlflow_has_one_parent_and_a_finished_child_per_trial(finished) -> None:
     assert {"report/trials.csv", "report/report.md", "report/rankme_vs_param.png"} <= artifacts
     picked = [c for c in children if "sweeper.selected_by" in c.data.tags]
     assert picked, "the picked trials are tagged"
+    # The headline: what selection.rule (plateau) picked, on the parent and in the result.
+    rule, headline = result.report.headline
+    assert rule == "rankme/plateau" and headline is not None
+    assert headline.trial_ids == result.picks["rankme/plateau"].trial_ids
+    assert parents[0].data.tags["sweeper.pick"] == ",".join(headline.trial_ids)
+    assert parents[0].data.tags["sweeper.pick_rule"] == "rankme/plateau"
+    assert result.report.table is result.table and result.report.directory == result.directory
 
 
 def test_picks_follow_the_rules(finished) -> None:
@@ -118,25 +127,53 @@ def test_asha_on_rankme_stops_the_low_rank_trials(tmp_path) -> None:
     assert not picked & set(stopped["trial_id"])
 
 
-def test_tracking_waits_for_the_parent_run_and_surfaces_its_failure(tmp_path) -> None:
+def test_tracking_callback_maps_tune_events_to_child_runs(tmp_path) -> None:
+    from types import SimpleNamespace
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = SweepTracker(uri=uri, experiment="e", sweep="s")
+    tracker.start_parent({"name": "s"})
+    callback = TrackingCallback(tracker, ["x"])
+    # Stopped by a scheduler: Tune terminates it while its last result still says "running".
+    stopped = SimpleNamespace(
+        trial_id="t1", config={"x": 1.0, "seed": 2, "other": 3}, last_result={"status": "running"}
+    )
+    callback.on_trial_start(0, [], stopped)
+    result = {"epoch": 1, "train/loss": 0.5, "status": "running", "config": {"x": 1.0}, "time_total_s": 1.0}
+    callback.on_trial_result(0, [], stopped, result)
+    callback.on_trial_complete(0, [], stopped)
+    errored = SimpleNamespace(
+        trial_id="t2",
+        config={"x": 2.0},
+        last_result={"status": "running", "epoch": 1},
+        pickled_error_file=None,
+        get_pickled_error=lambda: RuntimeError("boom: the loader died\ntraceback ..."),
+    )
+    callback.on_trial_start(0, [], errored)
+    callback.on_trial_error(0, [], errored)
+    callback.on_experiment_end([])
+    assert callback.outbox.pending == 0
+
+    client = MlflowClient(uri)
+    runs = {tid: client.get_run(run_id) for tid, run_id in tracker.child_ids().items()}
+    assert runs["t1"].data.params == {"x": "1.0", "seed": "2"}
+    assert runs["t1"].data.tags["sweeper.status"] == "stopped" and runs["t1"].info.status == "FINISHED"
+    assert runs["t1"].data.metrics == {"train/loss": 0.5}
+    assert runs["t2"].data.tags["sweeper.status"] == "failed" and runs["t2"].info.status == "FAILED"
+    assert runs["t2"].data.tags["sweeper.error"] == "RuntimeError: boom: the loader died"
+
+
+def test_tracking_callback_waits_for_the_parent_run_and_surfaces_its_failure(tmp_path) -> None:
     import pickle
     from concurrent.futures import Future
 
     from sweeper.sweep import _TrackingCallback
-    from sweeper.tracking import SweepTracker
 
+    assert _TrackingCallback is TrackingCallback  # the name pickled in sweeps started before the split
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    made = SweepTracker(uri=uri, experiment="e", sweep="s")
-    made.start_parent({"name": "s"})
-    # A tracker pickled (with Tune's state) before its parent existed finds the parent by name.
-    restored = pickle.loads(pickle.dumps(SweepTracker(uri=uri, experiment="e", sweep="s")))
-    assert restored.parent_id is None
-    restored.child("t1", {"x": 1})
-    assert restored.parent_id == made.parent_id
-
     failed: Future = Future()
     failed.set_exception(RuntimeError("tracking store refused the parent run"))
-    callback = _TrackingCallback(restored, ["x"], parent=failed)
-    assert pickle.loads(pickle.dumps(callback))._parent is None  # never pickled with Tune's state
+    callback = TrackingCallback(SweepTracker(uri=uri, experiment="e", sweep="s"), ["x"], parent=failed)
+    assert pickle.loads(pickle.dumps(callback)).outbox._wait_for is None  # never pickled with Tune's state
     with pytest.raises(RuntimeError, match="refused the parent run"):
         callback.on_trial_complete(0, [], type("Trial", (), {"trial_id": "t1", "last_result": {}})())

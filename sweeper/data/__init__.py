@@ -3,10 +3,25 @@
 Every dataset comes as a split pair: :class:`LabelledImages`, images already resized to
 ``data.image_size`` as float tensors in [0, 1], or, for ImageFolder trees too large for memory,
 :class:`StreamedImages` decoded by DataLoader workers; labels are kept aside for the oracle
-probes only. Augmentation runs on whole batches on the training device (:class:`MultiViewAugment`).
+probes only. Fashion-MNIST and MNIST are read from their IDX files (:func:`read_idx`), never
+downloaded; ``data.train_per_class`` keeps a class-balanced subset (:func:`balanced_subset`).
+Augmentation runs on whole batches on the training device (:class:`MultiViewAugment`).
+:class:`EpochBatches` draws each epoch's batches from the seed and the epoch alone, and shares
+every global batch out between the processes of a data-parallel trial.
 """
 
+from sweeper.data._idx import read_idx
+from sweeper.data._sampler import EpochBatches
 from sweeper.data.augment import MultiViewAugment
-from sweeper.data.datasets import DatasetSplits, LabelledImages, StreamedImages, load_dataset
+from sweeper.data.datasets import DatasetSplits, LabelledImages, StreamedImages, balanced_subset, load_dataset
 
-__all__ = ["DatasetSplits", "LabelledImages", "MultiViewAugment", "StreamedImages", "load_dataset"]
+__all__ = [
+    "DatasetSplits",
+    "EpochBatches",
+    "LabelledImages",
+    "MultiViewAugment",
+    "StreamedImages",
+    "balanced_subset",
+    "load_dataset",
+    "read_idx",
+]

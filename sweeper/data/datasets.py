@@ -1,7 +1,11 @@
-"""Builtin ``digits``, CIFAR-10/100 and STL-10 from a local root, and ImageFolder trees.
+"""Builtin ``digits``, Fashion-MNIST and MNIST (IDX files), CIFAR-10/100 and STL-10 from a
+local root, and ImageFolder trees.
 
 Nothing is ever downloaded: every dataset but ``digits`` (scikit-learn's 1 797 real 8×8
-handwritten digits, shipped with scikit-learn) is read from ``data.root``.
+handwritten digits, shipped with scikit-learn) is read from ``data.root``; Fashion-MNIST's
+IDX files come with Debian's ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``).
+``data.train_per_class`` keeps a class-balanced seeded subset of any train split
+(:func:`balanced_subset`), taken before decoding and resizing.
 
 Splits are :class:`LabelledImages` (decoded once into memory) or, for ImageFolder trees too
 large for memory (``data.in_memory``), :class:`StreamedImages`: a torch ``DataLoader`` whose
@@ -20,14 +24,23 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, Subset
 
-from sweeper.config import DataConfig
+from sweeper.config import IDX_DATASETS, DataConfig
+from sweeper.data._idx import read_idx_split
+from sweeper.errors import DataError
 
 if TYPE_CHECKING:
     from torchvision.datasets import ImageFolder
 
-__all__ = ["DatasetSplits", "LabelledImages", "StreamedImages", "default_num_workers", "load_dataset"]
+__all__ = [
+    "DatasetSplits",
+    "LabelledImages",
+    "StreamedImages",
+    "balanced_subset",
+    "default_num_workers",
+    "load_dataset",
+]
 
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0
@@ -36,6 +49,7 @@ IN_MEMORY_MAX_BYTES = 4 * 2**30
 # ImageFolder lists files class by class: the train split is shuffled once with this seed, so
 # that its first n images (RankMe's samples) are a random sample, in memory and streamed alike.
 IMAGEFOLDER_SHUFFLE_SEED = 0
+IDX_NUM_CLASSES = 10  # Fashion-MNIST and MNIST alike
 _PARALLEL_DECODE_MIN = 4096
 
 
@@ -78,6 +92,10 @@ class StreamedImages:
     def __len__(self) -> int:
         return len(self.order)
 
+    def part(self, rows: slice) -> StreamedImages:
+        """The images at positions ``rows`` of this split (the same folder and workers)."""
+        return StreamedImages(self.folder, num_workers=self.num_workers, order=self.order[rows])
+
     @property
     def channels(self) -> int:
         return 3  # ImageFolder's loader converts every image to RGB
@@ -92,18 +110,23 @@ class StreamedImages:
         persistent: bool = False,
         limit: int | None = None,
         generator: torch.Generator | None = None,
+        batch_sampler: Sampler[list[int]] | None = None,
     ) -> DataLoader:
         """Batches (uint8 images (B, C, size, size), labels (B,)) of the first ``limit``
         images (all by default); ``persistent`` keeps the workers between epochs. ``generator``
         draws the shuffle (torch's global generator by default); the workers' seeds come from a
-        private generator, so creating or iterating the loader never consumes the global one."""
+        private generator, so creating or iterating the loader never consumes the global one.
+        A ``batch_sampler`` (:class:`sweeper.data.EpochBatches`) replaces ``batch_size``,
+        ``shuffle`` and ``drop_last``: the batches are its index lists."""
         dataset = Subset(self.folder, self.order[:limit])
         workers = self.num_workers
+        batching: dict[str, object] = {"batch_sampler": batch_sampler}
+        if batch_sampler is None:
+            sampler = RandomSampler(dataset, generator=generator) if shuffle else None
+            batching = {"batch_size": batch_size, "sampler": sampler, "drop_last": drop_last}
         return DataLoader(
             dataset,
-            batch_size=batch_size,
-            sampler=RandomSampler(dataset, generator=generator) if shuffle else None,
-            drop_last=drop_last,
+            **batching,  # type: ignore[arg-type]
             num_workers=workers,
             pin_memory=pin_memory,
             persistent_workers=persistent and workers > 0,
@@ -138,21 +161,85 @@ def default_num_workers() -> int:
 
 
 def load_dataset(config: DataConfig) -> DatasetSplits:
-    """Load ``config.dataset`` resized to ``config.image_size`` (square); an ImageFolder tree
-    streams from disk when ``config.in_memory`` says so (see :class:`StreamedImages`)."""
+    """Load ``config.dataset`` resized to ``config.image_size`` (square), its train split cut to
+    ``config.train_per_class`` images per class when set; an ImageFolder tree streams from disk
+    when ``config.in_memory`` says so (see :class:`StreamedImages`)."""
     size = config.image_size
+    per_class, seed = config.train_per_class, config.subset_seed
     if config.dataset == "digits":
-        return _digits(size)
+        return _digits(size, per_class=per_class, seed=seed)
+    if config.dataset in IDX_DATASETS:
+        return _idx_dataset(config)
     root = Path(config.root).expanduser() if config.root is not None else None
     if root is None or not root.is_dir():
-        raise FileNotFoundError(f"data root {config.root!r} does not exist: set data.root")
+        raise DataError(f"data root {config.root!r} does not exist: set data.root")
     workers = config.num_workers if config.num_workers is not None else default_num_workers()
     if config.dataset == "imagefolder":
-        return _imagefolder(root, size, in_memory=config.in_memory, num_workers=workers)
-    return _torchvision(config.dataset, root, size, num_workers=workers)
+        return _imagefolder(root, size, in_memory=config.in_memory, num_workers=workers, per_class=per_class, seed=seed)
+    return _torchvision(config.dataset, root, size, num_workers=workers, per_class=per_class, seed=seed)
 
 
-def _digits(size: int) -> DatasetSplits:
+def balanced_subset(
+    labels: torch.Tensor | np.ndarray | Sequence[int], per_class: int, *, seed: int, name: str = "the dataset"
+) -> torch.Tensor:
+    """Sorted indices of ``per_class`` items of every class in ``labels``, drawn at random.
+
+    The first ``per_class`` items of each class along one permutation seeded with ``seed``:
+    the same seed gives the same indices, and a smaller ``per_class`` a subset of a larger
+    one's. Sorted, the subset keeps the split's order (classes mixed, not one after another).
+
+    Raises:
+        DataError: a class has fewer than ``per_class`` items (``name`` says of which dataset).
+    """
+    labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    shuffled = labels[order]
+    picked = []
+    for label in torch.unique(labels).tolist():
+        members = order[shuffled == label]
+        if len(members) < per_class:
+            raise DataError(
+                f"data.train_per_class {per_class}: class {label} of {name} has only {len(members)} "
+                "training images; lower it or set it to null (all)"
+            )
+        picked.append(members[:per_class])
+    return torch.cat(picked).sort().values
+
+
+def _train_indices(
+    labels: torch.Tensor | np.ndarray | Sequence[int], per_class: int | None, *, seed: int, name: str
+) -> torch.Tensor | None:
+    return None if per_class is None else balanced_subset(labels, per_class, seed=seed, name=name)
+
+
+def _idx_dataset(config: DataConfig) -> DatasetSplits:
+    """Fashion-MNIST or MNIST from its IDX files (see ``DataConfig.idx_files``); grayscale
+    28×28 resized to ``config.image_size``. Fashion-MNIST counts as natural images (flips on):
+    a mirrored garment is a garment of the same class, a mirrored digit is not a digit."""
+    files = config.idx_files()
+    if files is None:  # the config checked it at load; the root may have changed since
+        raise DataError(config.missing_idx_message())
+    train_images, train_labels = read_idx_split(*files["train"], num_classes=IDX_NUM_CLASSES)
+    test_images, test_labels = read_idx_split(*files["test"], num_classes=IDX_NUM_CLASSES)
+    keep = _train_indices(train_labels, config.train_per_class, seed=config.subset_seed, name=config.dataset)
+    if keep is not None:
+        train_images, train_labels = train_images[keep.numpy()], train_labels[keep.numpy()]
+    return DatasetSplits(
+        name=config.dataset,
+        train=_grayscale(train_images, train_labels, config.image_size),
+        test=_grayscale(test_images, test_labels, config.image_size),
+        num_classes=IDX_NUM_CLASSES,
+        natural_images=config.dataset == "fashion_mnist",
+    )
+
+
+def _grayscale(pixels: np.ndarray, labels: np.ndarray, size: int) -> LabelledImages:
+    """uint8 (N, H, W) pixels as one-channel float images in [0, 1] at ``size``."""
+    images = torch.from_numpy(np.array(pixels)).unsqueeze(1).float().div_(255)
+    return LabelledImages(_resize(images, size), torch.from_numpy(np.array(labels, dtype=np.int64)))
+
+
+def _digits(size: int, *, per_class: int | None, seed: int) -> DatasetSplits:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -165,6 +252,9 @@ def _digits(size: int) -> DatasetSplits:
         stratify=bunch.target,
         random_state=DIGITS_SPLIT_SEED,
     )
+    keep = _train_indices(labels[train_idx], per_class, seed=seed, name="digits")
+    if keep is not None:
+        train_idx = train_idx[keep.numpy()]
     images = _resize(images, size)
     return DatasetSplits(
         name="digits",
@@ -201,12 +291,14 @@ def _transform(size: int):  # noqa: ANN202 - torchvision transform
     return transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size), transforms.PILToTensor()])
 
 
-def _imagefolder(root: Path, size: int, *, in_memory: bool | str, num_workers: int) -> DatasetSplits:
+def _imagefolder(
+    root: Path, size: int, *, in_memory: bool | str, num_workers: int, per_class: int | None, seed: int
+) -> DatasetSplits:
     from torchvision.datasets import ImageFolder
 
     missing = [split for split in ("train", "val") if not (root / split).is_dir()]
     if missing:
-        raise FileNotFoundError(
+        raise DataError(
             f"imagefolder root {str(root)!r} has no {missing[0]}/ directory: "
             "it needs train/<class>/... and val/<class>/..."
         )
@@ -215,8 +307,12 @@ def _imagefolder(root: Path, size: int, *, in_memory: bool | str, num_workers: i
     if train.classes != test.classes:
         raise ValueError(f"imagefolder {root}: train/ and val/ must hold the same class folders")
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(IMAGEFOLDER_SHUFFLE_SEED)).tolist()
+    keep = _train_indices(np.asarray(train.targets)[order], per_class, seed=seed, name=root.name)
+    if keep is not None:
+        order = [order[i] for i in keep.tolist()]
+    in_memory_bytes = len(order) * 3 * size * size * 4
     if in_memory == "auto":
-        in_memory = len(train) * 3 * size * size * 4 <= IN_MEMORY_MAX_BYTES
+        in_memory = in_memory_bytes <= IN_MEMORY_MAX_BYTES
     if not in_memory:
         return DatasetSplits(
             name=root.name,
@@ -234,7 +330,9 @@ def _imagefolder(root: Path, size: int, *, in_memory: bool | str, num_workers: i
     )
 
 
-def _torchvision(name: str, root: Path, size: int, *, num_workers: int) -> DatasetSplits:
+def _torchvision(
+    name: str, root: Path, size: int, *, num_workers: int, per_class: int | None, seed: int
+) -> DatasetSplits:
     from torchvision import datasets
 
     transform = _transform(size)
@@ -249,9 +347,11 @@ def _torchvision(name: str, root: Path, size: int, *, num_workers: int) -> Datas
             test = cls(str(root), train=False, transform=transform, download=False)
             classes = 10 if name == "cifar10" else 100
     except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted"
-        raise FileNotFoundError(
-            f"{name} not found under {str(root)!r} ({exc}); put the extracted dataset there"
-        ) from None
+        raise DataError(f"{name} not found under {str(root)!r} ({exc}); put the extracted dataset there") from None
+    labels = train.labels if name == "stl10" else train.targets
+    keep = _train_indices(labels, per_class, seed=seed, name=name)
+    if keep is not None:
+        train = Subset(train, keep.tolist())
     return DatasetSplits(
         name=name,
         train=_stack(train, size, num_workers=num_workers),

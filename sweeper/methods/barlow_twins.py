@@ -8,6 +8,13 @@ For embeddings Z, Z' (N, d) of two views, each standardised per dimension over t
 
 The loss is lightly's ``BarlowTwinsLoss`` (the paper's Algorithm 1). The projector is
 ``model.projector`` as Linear-BN-ReLU hidden layers and a linear output (the paper: 8192-8192-8192).
+
+In a data-parallel trial both the standardisation and C are statistics of the global batch (as
+the paper's code, whose standardising BatchNorm is a SyncBatchNorm). lightly's
+``gather_distributed`` all-reduces C but standardises each process's rows with its own
+statistics, which is not the global-batch loss; so the embeddings of all processes are gathered
+(differentiably, :func:`sweeper.distributed.gather_cat`) and the loss is lightly's on the whole
+global batch: every process computes the same loss, B·d instead of d² numbers travel.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from collections.abc import Sequence
 import torch
 from lightly.loss import BarlowTwinsLoss
 
+from sweeper.distributed import gather_cat
 from sweeper.methods.base import SSLMethod
 from sweeper.models import Backbone, build_projector
 
@@ -38,5 +46,5 @@ class BarlowTwins(SSLMethod):
         self.criterion = BarlowTwinsLoss(lambda_param=lambda_offdiag)
 
     def training_loss(self, views: Sequence[torch.Tensor], *, progress: float) -> torch.Tensor:
-        z_a, z_b = (self.projector(self.backbone(view)) for view in views)
+        z_a, z_b = (gather_cat(self.projector(self.backbone(view))) for view in views)
         return self.criterion(z_a, z_b)

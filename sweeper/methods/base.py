@@ -17,7 +17,7 @@ class SSLMethod(nn.Module):
     """A joint-embedding method: backbone, heads and loss.
 
     Subclasses set ``name``, build their heads in ``__init__`` from the method's hyperparameters
-    (``sweeper.config.METHOD_PARAMS[name]``, passed as keyword arguments) and implement
+    (``sweeper.hyperparams.METHOD_PARAMS[name]``, passed as keyword arguments) and implement
     :meth:`training_loss`. The engine calls, per step: :meth:`training_loss`, ``backward``,
     :meth:`before_optimizer_step`, the optimiser step, :meth:`after_step`. :meth:`embed` gives
     the two tensors RankMe reads: the backbone ``representation`` and the ``embedding`` (the

@@ -15,28 +15,31 @@ with p̄_j the mean block-j assignment over the batch's student and teacher dist
 both views: the consistency term both ways plus the KL of each block's mean assignment from
 uniform. N_B = K (a single block) is the collapsing CARL-like setting (Table B.2).
 
-The head reuses lightly's ``DINOProjectionHead`` (CARP's head is DINO's without the ℓ2
-normalisation before the last layer) and lightly's ``update_momentum``; the partition and the
+The head is DINO's without the ℓ2 normalisation before the last layer
+(:func:`sweeper.models.build_prototype_head` with ``l2_bottleneck=False``; BatchNorm and GELU in
+the MLP, as the authors' ``CARPHead``) and lightly's ``update_momentum``; the partition and the
 loss are ours (lightly has no CARP). Like the authors' code we clamp ⟨a, b⟩ from below at the
 float epsilon before the log. The paper's formula sums the two directions; the authors' code
 averages them (a factor ½ on the consistency term) — we follow the paper.
+
+In a data-parallel trial the partition is rank 0's (broadcast) and p̄_j the mean over the global
+batch (differentiable all-reduces, :func:`sweeper.distributed.global_mean`); the consistency
+term is a per-sample mean, global through DDP's gradient average.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 
 import torch
 from lightly.models.modules.heads import DINOProjectionHead
-from torch import nn
 
+from sweeper.distributed import broadcast_, global_mean
 from sweeper.methods._multicrop import forward_views
 from sweeper.methods._teacher import cosine_momentum, frozen_copy, update_momentum
 from sweeper.methods.base import SSLMethod
-from sweeper.methods.dino import prototype_weights
-from sweeper.models import Backbone, build_projector
+from sweeper.models import Backbone, build_prototype_head, prototype_weights
 
 __all__ = ["CARP", "block_assignments", "carp_loss", "random_partition"]
 
@@ -44,9 +47,9 @@ __all__ = ["CARP", "block_assignments", "carp_loss", "random_partition"]
 def random_partition(num_prototypes: int, block_size: int, *, device: torch.device | str | None = None) -> torch.Tensor:
     """Prototype indices (N_P, N_B) of a uniformly random partition of range(K) into
     N_P = K // N_B blocks of N_B (when N_B does not divide K, the K mod N_B left-over prototypes
-    sit out this step, as in the authors' code)."""
+    sit out this step, as in the authors' code); rank 0's in a data-parallel trial."""
     blocks = num_prototypes // block_size
-    order = torch.randperm(num_prototypes, device=device)[: blocks * block_size]
+    order = broadcast_(torch.randperm(num_prototypes, device=device))[: blocks * block_size]
     return order.view(blocks, block_size)
 
 
@@ -84,33 +87,9 @@ def carp_loss(
             if v != w:
                 agreement = (s_v * t_w).sum(dim=-1)  # (N_P, B)
                 consistency = consistency - agreement.clamp(min=eps).log().mean()
-    mean_assignment = torch.cat([*s, *t], dim=1).mean(dim=1)  # (N_P, N_B)
+    mean_assignment = global_mean(torch.cat([*s, *t], dim=1), dim=1)  # (N_P, N_B), global batch
     entropy = -torch.special.xlogy(mean_assignment, mean_assignment).sum(dim=-1)
     return consistency + entropy_weight * (math.log(blocks.shape[1]) - entropy).mean()
-
-
-class _CARPHead(DINOProjectionHead):
-    """The authors' ``CARPHead``: DINO's head without the ℓ2 normalisation of the bottleneck."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.last_layer(self.layers(x))
-
-
-def build_carp_head(input_dim: int, projector: Sequence[int], num_prototypes: int) -> _CARPHead:
-    """MLP from ``projector`` (hidden..., bottleneck) with BatchNorm and GELU (the paper:
-    2048-2048-256), then a bias-free weight-normalised linear layer (norm fixed to 1) to K."""
-    with warnings.catch_warnings():  # lightly builds the last layer with the deprecated weight_norm
-        warnings.simplefilter("ignore", FutureWarning)
-        head = _CARPHead(
-            input_dim=input_dim,
-            hidden_dim=projector[0],
-            bottleneck_dim=projector[-1],
-            output_dim=num_prototypes,
-            norm_last_layer=True,
-        )
-    head.layers = build_projector(input_dim, projector, batch_norm=True, activation=nn.GELU).layers
-    head.layers.apply(head._init_weights)
-    return head
 
 
 class CARP(SSLMethod):
@@ -138,11 +117,13 @@ class CARP(SSLMethod):
     ) -> None:
         if not 0 < block_size <= num_prototypes:
             raise ValueError(f"block_size must be in [1, num_prototypes={num_prototypes}], got {block_size}")
-        super().__init__(
-            backbone, build_carp_head(backbone.dim, projector, num_prototypes), embedding_dim=projector[-1]
-        )
+
+        def head() -> DINOProjectionHead:
+            return build_prototype_head(backbone.dim, projector, num_prototypes, batch_norm=True, l2_bottleneck=False)
+
+        super().__init__(backbone, head(), embedding_dim=projector[-1])
         self.teacher_backbone = frozen_copy(self.backbone)
-        self.teacher_head = frozen_copy(self.projector, twin=build_carp_head(backbone.dim, projector, num_prototypes))
+        self.teacher_head = frozen_copy(self.projector, twin=head())
         self.num_prototypes = num_prototypes
         self.block_size = block_size
         self.base_momentum = base_momentum

@@ -11,8 +11,9 @@ linear layer to K prototypes. For the teacher's global views t and the student's
 
 with τ_t warmed up linearly from 0.04 to its final value. The loss and centring are lightly's
 ``DINOLoss`` (the scheduled τ_t is passed in per step), the head lightly's ``DINOProjectionHead``
-with its MLP built from ``model.projector`` (hidden..., bottleneck; the paper: 2048-2048-256, GELU,
-BatchNorm only with ``head_batch_norm``) and ``num_prototypes`` outputs (the paper: 65 536).
+(:func:`sweeper.models.build_prototype_head`, shared with CARP) with its MLP built from
+``model.projector`` (hidden..., bottleneck; the paper: 2048-2048-256, GELU, BatchNorm only with
+``head_batch_norm``) and ``num_prototypes`` outputs (the paper: 65 536).
 
 Multi-crop: with ``num_local_crops`` > 0 the method asks for ``2 + num_local_crops`` views; the
 first two are the global views (teacher and student), the rest local views (student only).
@@ -20,21 +21,19 @@ first two are the global views (teacher and student), the rest local views (stud
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from lightly.loss import DINOLoss
 from lightly.models.modules.heads import DINOProjectionHead
-from torch import nn
 
 from sweeper.methods._multicrop import forward_views
 from sweeper.methods._teacher import cosine_momentum, frozen_copy, update_momentum
 from sweeper.methods.base import SSLMethod
-from sweeper.models import Backbone, build_projector
+from sweeper.models import Backbone, build_prototype_head, prototype_weights
 
-__all__ = ["DINO", "build_dino_head", "teacher_temperature"]
+__all__ = ["DINO", "teacher_temperature"]
 
 
 def teacher_temperature(progress: float, *, warmup_temp: float, final_temp: float, warmup_fraction: float) -> float:
@@ -43,39 +42,6 @@ def teacher_temperature(progress: float, *, warmup_temp: float, final_temp: floa
     if warmup_fraction <= 0 or progress >= warmup_fraction:
         return final_temp
     return warmup_temp + (final_temp - warmup_temp) * progress / warmup_fraction
-
-
-def build_dino_head(
-    input_dim: int,
-    projector: Sequence[int],
-    num_prototypes: int,
-    *,
-    freeze_last_layer: int = 0,
-    batch_norm: bool = False,
-) -> DINOProjectionHead:
-    """lightly's ``DINOProjectionHead`` with its MLP shaped by ``projector`` (hidden..., bottleneck):
-    Linear(-BN)-GELU hidden layers, ℓ2 normalisation, weight-normalised last layer (norm fixed to
-    1) to ``num_prototypes``. Weights are truncated-normal (std 0.02) as in DINO."""
-    with warnings.catch_warnings():  # lightly builds the last layer with the deprecated weight_norm
-        warnings.simplefilter("ignore", FutureWarning)
-        head = DINOProjectionHead(
-            input_dim=input_dim,
-            hidden_dim=projector[0],
-            bottleneck_dim=projector[-1],
-            output_dim=num_prototypes,
-            batch_norm=batch_norm,
-            freeze_last_layer=freeze_last_layer,
-            norm_last_layer=True,
-        )
-    head.layers = build_projector(input_dim, projector, batch_norm=batch_norm, activation=nn.GELU).layers
-    head.layers.apply(head._init_weights)
-    return head
-
-
-def prototype_weights(last_layer: nn.Module) -> torch.Tensor:
-    """The (K, bottleneck) weights of a ``weight_norm``-ed linear layer: g · v / ‖v‖ per row."""
-    v, g = last_layer.weight_v, last_layer.weight_g
-    return g * v / v.norm(dim=1, keepdim=True)
 
 
 class DINO(SSLMethod):
@@ -115,12 +81,12 @@ class DINO(SSLMethod):
         num_local_crops: int,
     ) -> None:
         def head() -> DINOProjectionHead:
-            return build_dino_head(
+            return build_prototype_head(
                 backbone.dim,
                 projector,
                 num_prototypes,
-                freeze_last_layer=freeze_last_layer_epochs,
                 batch_norm=head_batch_norm,
+                freeze_last_layer=freeze_last_layer_epochs,
             )
 
         super().__init__(backbone, head(), embedding_dim=projector[-1])

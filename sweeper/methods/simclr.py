@@ -1,6 +1,9 @@
 """SimCLR (Chen et al., "A Simple Framework for Contrastive Learning of Visual
 Representations", ICML 2020): the NT-Xent / InfoNCE loss over the 2B views of a batch, with
-cosine similarity divided by the temperature τ. The loss is lightly's ``NTXentLoss``.
+cosine similarity divided by the temperature τ. The loss is lightly's ``NTXentLoss``; in a
+data-parallel trial its ``gather_distributed`` makes every process's views contrast with the
+negatives of the global batch (each process's loss is the mean over its own rows, so DDP's
+average is the global batch's loss).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ class SimCLR(SSLMethod):
 
     def __init__(self, backbone: Backbone, *, projector: Sequence[int], temperature: float) -> None:
         super().__init__(backbone, build_projector(backbone.dim, projector), embedding_dim=projector[-1])
-        self.criterion = NTXentLoss(temperature=temperature)
+        self.criterion = NTXentLoss(temperature=temperature, gather_distributed=True)
 
     def training_loss(self, views: Sequence[torch.Tensor], *, progress: float) -> torch.Tensor:
         z_a, z_b = (self.projector(self.backbone(view)) for view in views)

@@ -17,6 +17,12 @@ mechanics beyond the loss are here: the prototypes get no update during the firs
 ``freeze_prototypes_epochs`` (:meth:`SwAV.before_optimizer_step`), and for small batches a queue of
 past embeddings of each global view joins the Sinkhorn batch once it is full (its codes are
 discarded, only the batch's are used).
+
+In a data-parallel trial Sinkhorn-Knopp runs over the global batch (lightly's
+``sinkhorn_gather_distributed``: its sums are all-reduced, as SwAV's ``distributed_sinkhorn``),
+and each process keeps ``queue_length / workers`` of its own rows in the queue, so the processes'
+queues together hold what one process's queue would (exactly so when ``queue_length`` is at
+least the global batch). The predictions' cross-entropy is a per-sample mean.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import torch.nn.functional as F
 from lightly.loss import SwaVLoss
 from lightly.models.modules.heads import SwaVPrototypes
 
+from sweeper.distributed import world_size
 from sweeper.methods._multicrop import forward_views
 from sweeper.methods.base import SSLMethod
 from sweeper.models import Backbone, build_projector
@@ -72,7 +79,10 @@ class SwAV(SSLMethod):
         # lightly's SwaVPrototypes adds a bias, which we drop.
         self.prototype_layer.heads[0].bias = None
         self.criterion = SwaVLoss(
-            temperature=temperature, sinkhorn_iterations=sinkhorn_iterations, sinkhorn_epsilon=epsilon
+            temperature=temperature,
+            sinkhorn_iterations=sinkhorn_iterations,
+            sinkhorn_epsilon=epsilon,
+            sinkhorn_gather_distributed=True,
         )
         self.freeze_prototypes_epochs = freeze_prototypes_epochs
         self.queue_start = queue_start
@@ -94,16 +104,18 @@ class SwAV(SSLMethod):
 
     @torch.no_grad()
     def _queue_scores(self, embeddings: Sequence[torch.Tensor], *, progress: float) -> list[torch.Tensor] | None:
-        """Scores of the queued embeddings if the queue is on and full; then enqueue the batch."""
-        length = self.queue.shape[1]
+        """Scores of the queued embeddings if the queue is on and full; then enqueue the batch.
+        Each of W processes uses the first ``queue_length / W`` rows of its buffer."""
+        length = self.queue.shape[1] // world_size()
         if length == 0 or progress < self.queue_start:
             return None
-        full = bool(self.queue[:, -1].any())
-        scores = [self.prototype_layer(self.queue[i]) for i in range(2)] if full else None
+        queue = self.queue[:, :length]
+        full = bool(queue[:, -1].any())
+        scores = [self.prototype_layer(queue[i]) for i in range(2)] if full else None
         for i, z in enumerate(embeddings):
             b = min(len(z), length)
-            self.queue[i, b:] = self.queue[i, :-b].clone()
-            self.queue[i, :b] = z[:b].detach()
+            queue[i, b:] = queue[i, :-b].clone()
+            queue[i, :b] = z[:b].detach()
         return scores
 
     def before_optimizer_step(self, *, progress: float, epoch: int) -> None:

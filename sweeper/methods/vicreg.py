@@ -4,7 +4,9 @@ Self-Supervised Learning", ICLR 2022).
 For embeddings z, z' (B, K) of two views:
     λ·MSE(z, z') + μ·[v(z) + v(z')] + ν·[c(z) + c(z')]
 with v(z) = mean_k relu(1 − sqrt(Var z_k + ε)) and c(z) = Σ_{i≠j} Cov(z)_ij² / K.
-The loss is lightly's ``VICRegLoss``.
+The loss is lightly's ``VICRegLoss``; in a data-parallel trial its ``gather_distributed``
+computes the variance and covariance terms over the global batch (the invariance term is a
+per-sample mean, which DDP's gradient average already makes global).
 """
 
 from __future__ import annotations
@@ -41,7 +43,9 @@ class VICReg(SSLMethod):
         cov_weight: float,
     ) -> None:
         super().__init__(backbone, build_projector(backbone.dim, projector), embedding_dim=projector[-1])
-        self.criterion = VICRegLoss(lambda_param=inv_weight, mu_param=var_weight, nu_param=cov_weight)
+        self.criterion = VICRegLoss(
+            lambda_param=inv_weight, mu_param=var_weight, nu_param=cov_weight, gather_distributed=True
+        )
 
     def training_loss(self, views: Sequence[torch.Tensor], *, progress: float) -> torch.Tensor:
         z_a, z_b = (self.projector(self.backbone(view)) for view in views)

@@ -10,15 +10,17 @@ criterion, conceptually SimCLR. For embeddings Z, Z' (N, d) of two views:
 
 with v and c_exp as in :mod:`sweeper.methods.vicreg_exp` (C(Zᵀ) is the N × N covariance between
 samples, each centred over its d dimensions, divided by d − 1). The invariance term is unchanged
-by the transpose.
+by the transpose. The loss therefore IS :func:`~sweeper.methods.vicreg_exp.vicreg_exp_loss` on
+Zᵀ, Z'ᵀ (``transposed=True``); this module only names it.
 """
 
 from __future__ import annotations
 
-import torch
-from lightly.loss.vicreg_loss import invariance_loss, variance_loss
+from typing import ClassVar
 
-from sweeper.methods.vicreg_exp import VICRegExp, exp_covariance_loss
+import torch
+
+from sweeper.methods.vicreg_exp import VICRegExp, vicreg_exp_loss
 
 __all__ = ["VICRegCtr", "vicreg_ctr_loss"]
 
@@ -33,11 +35,18 @@ def vicreg_ctr_loss(
     temperature: float,
     eps: float = 1e-4,
 ) -> torch.Tensor:
-    """λ·MSE(Z, Z') + μ·½[v(Zᵀ) + v(Z'ᵀ)] + ν·[c_exp(Zᵀ) + c_exp(Z'ᵀ)] for embeddings (N, d)."""
-    t_a, t_b = z_a.T, z_b.T
-    var = 0.5 * (variance_loss(t_a, eps=eps) + variance_loss(t_b, eps=eps))
-    cov = exp_covariance_loss(t_a, temperature) + exp_covariance_loss(t_b, temperature)
-    return inv_weight * invariance_loss(z_a, z_b) + var_weight * var + cov_weight * cov
+    """λ·MSE(Z, Z') + μ·½[v(Zᵀ) + v(Z'ᵀ)] + ν·[c_exp(Zᵀ) + c_exp(Z'ᵀ)] for embeddings (N, d):
+    VICReg-exp's loss on the transposed embeddings."""
+    return vicreg_exp_loss(
+        z_a,
+        z_b,
+        inv_weight=inv_weight,
+        var_weight=var_weight,
+        cov_weight=cov_weight,
+        temperature=temperature,
+        eps=eps,
+        transposed=True,
+    )
 
 
 class VICRegCtr(VICRegExp):
@@ -52,7 +61,4 @@ class VICRegCtr(VICRegExp):
     """
 
     name = "vicreg_ctr"
-
-    @staticmethod
-    def loss(z_a: torch.Tensor, z_b: torch.Tensor, **weights: float) -> torch.Tensor:
-        return vicreg_ctr_loss(z_a, z_b, **weights)
+    transposed: ClassVar[bool] = True

@@ -12,16 +12,21 @@ covariances. For embeddings Z, Z' (N, d) of two views:
 
 The invariance and variance terms are lightly's (``lightly.loss.vicreg_loss``, the ½ on the
 variance as in lightly's ``VICRegLoss`` and the VICReg code); lightly has no exponential
-covariance, so :func:`exp_covariance_loss` is ours.
+covariance, so :func:`exp_covariance_loss` is ours. In a data-parallel trial the method gathers
+the embeddings of the global batch (differentiably, :func:`sweeper.distributed.gather_cat`)
+before the loss, whose variances and covariances (over samples, or for VICReg-ctr the N × N
+covariance between samples) are thus the global batch's.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 from lightly.loss.vicreg_loss import invariance_loss, variance_loss
 
+from sweeper.distributed import gather_cat
 from sweeper.methods.base import SSLMethod
 from sweeper.models import Backbone, build_projector
 
@@ -56,10 +61,17 @@ def vicreg_exp_loss(
     cov_weight: float,
     temperature: float,
     eps: float = 1e-4,
+    transposed: bool = False,
 ) -> torch.Tensor:
-    """λ·MSE(Z, Z') + μ·½[v(Z) + v(Z')] + ν·[c_exp(Z) + c_exp(Z')] for embeddings (N, d) of two views."""
-    var = 0.5 * (variance_loss(z_a, eps=eps) + variance_loss(z_b, eps=eps))
-    cov = exp_covariance_loss(z_a, temperature) + exp_covariance_loss(z_b, temperature)
+    """λ·MSE(Z, Z') + μ·½[v(Z) + v(Z')] + ν·[c_exp(Z) + c_exp(Z')] for embeddings (N, d) of two views.
+
+    ``transposed=True`` gives the same loss on Zᵀ, Z'ᵀ (d, N): VICReg-ctr (Garrido et al. 2022),
+    see :mod:`sweeper.methods.vicreg_ctr`. Only the variance and covariance terms see the
+    transpose; the MSE is the same on Z and Zᵀ, so it is computed on Z.
+    """
+    r_a, r_b = (z_a.T, z_b.T) if transposed else (z_a, z_b)
+    var = 0.5 * (variance_loss(r_a, eps=eps) + variance_loss(r_b, eps=eps))
+    cov = exp_covariance_loss(r_a, temperature) + exp_covariance_loss(r_b, temperature)
     return inv_weight * invariance_loss(z_a, z_b) + var_weight * var + cov_weight * cov
 
 
@@ -74,6 +86,7 @@ class VICRegExp(SSLMethod):
     """
 
     name = "vicreg_exp"
+    transposed: ClassVar[bool] = False  # True: the loss on Zᵀ (VICReg-ctr)
 
     def __init__(
         self,
@@ -89,10 +102,6 @@ class VICRegExp(SSLMethod):
         self.weights = {"inv_weight": inv_weight, "var_weight": var_weight, "cov_weight": cov_weight}
         self.temperature = temperature
 
-    @staticmethod
-    def loss(z_a: torch.Tensor, z_b: torch.Tensor, **weights: float) -> torch.Tensor:
-        return vicreg_exp_loss(z_a, z_b, **weights)
-
     def training_loss(self, views: Sequence[torch.Tensor], *, progress: float) -> torch.Tensor:
-        z_a, z_b = (self.projector(self.backbone(view)) for view in views)
-        return self.loss(z_a, z_b, temperature=self.temperature, **self.weights)
+        z_a, z_b = (gather_cat(self.projector(self.backbone(view))) for view in views)
+        return vicreg_exp_loss(z_a, z_b, temperature=self.temperature, transposed=self.transposed, **self.weights)

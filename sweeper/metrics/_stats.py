@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 import torch
 
+from sweeper import distributed
 from sweeper.metrics._utils import (
     _EPS64,
     ArrayLike,
@@ -35,20 +36,11 @@ from sweeper.metrics.classical_rank import _classical_rank_from_singular_values
 from sweeper.metrics.nesum import _nesum_from_eigenvalues
 from sweeper.metrics.self_clustering import _normalize_rows, _self_clustering_from_sum
 from sweeper.metrics.stable_rank import _stable_rank_from_squares
+from sweeper.names import LABEL_FREE_METRICS
 
-LABEL_FREE_METRICS: tuple[str, ...] = (
-    "rankme",
-    "classical_rank",
-    "alpha_req",
-    "lidar",
-    "nesum",
-    "stable_rank",
-    "self_clustering",
-)
-"""Names of the label-free metrics (``label_free/<name>`` keys; `EmbeddingStats` computes all
-but ``lidar``)."""
-
-_STREAMABLE: tuple[str, ...] = tuple(m for m in LABEL_FREE_METRICS if m != "lidar")
+# Metrics that need the rows themselves (leverage scores, nearest neighbours) or augmented views.
+_NEEDS_ROWS: tuple[str, ...] = ("lidar", "coherence", "pseudo_condition", "intrinsic_dimension", "lidar_representation")
+_STREAMABLE: tuple[str, ...] = tuple(m for m in LABEL_FREE_METRICS if m not in _NEEDS_ROWS)
 
 
 def _check_names(names: Sequence[str]) -> tuple[str, ...]:
@@ -61,6 +53,8 @@ def _check_names(names: Sequence[str]) -> tuple[str, ...]:
                 "lidar needs q augmented views of each sample, shape (n, q, K); "
                 "it cannot be computed from EmbeddingStats — call sweeper.metrics.lidar(views)"
             )
+        if name in _NEEDS_ROWS:
+            raise ValueError(f"{name} needs the embeddings' rows or views, not their Gram: not from EmbeddingStats")
         if name not in _STREAMABLE:
             raise ValueError(f"unknown metric {name!r}; EmbeddingStats computes {_STREAMABLE}")
     return names
@@ -168,6 +162,55 @@ class EmbeddingStats:
                 self._normalized.add(unit)
         self._n += t.shape[0]
         self._dtype_eps = max(self._dtype_eps, _dtype_eps(t.dtype))
+
+    def all_reduce(self) -> None:
+        """Sums these statistics over the processes of the default ``torch.distributed`` group.
+
+        Every process then holds the statistics of all processes' embeddings together: the Gram
+        ZᵀZ (RankMe), the covariance and the normalised Gram are sums over samples, so `compute`
+        gives, to float64 rounding, what one process that saw every batch computes — without
+        gathering a single embedding. Each process calls it once, after its last `update` (a
+        process may have had none); ``max_samples`` then has capped each process's rows. The
+        processes' shifts differ: each first re-centres its sums on the common shift, the
+        count-weighted mean of the shifts (rank-1 updates). A no-op in a single process.
+
+        Raises:
+            ValueError: if no process has any sample.
+        """
+        if not distributed.is_distributed():
+            return
+        if self._second is None:
+            self._allocate(self._device if self._device is not None else distributed.collective_device())
+        assert self._second is not None and self._sum is not None and self._device is not None
+        shift = self._shift if self._shift is not None else self._sum.new_zeros(self.dim)
+        counts = torch.tensor([self._n, self._n_nonzero], dtype=torch.float64, device=self._device)
+        header = distributed.all_reduce_(torch.cat([counts, self._n * shift]))
+        total = int(header[0].item())
+        if total == 0:
+            raise ValueError("EmbeddingStats.all_reduce: no process has any sample")
+        common = header[2:] / total
+        offset = shift - common
+        # Σ(z − c₀)(z − c₀)ᵀ = S + s dᵀ + d sᵀ + n d dᵀ and Σ(z − c₀) = s + n d, with d = c − c₀.
+        self._second.upper().addr_(offset, self._sum).addr_(self._sum, offset).addr_(offset, offset, alpha=self._n)
+        self._sum.add_(offset, alpha=self._n)
+        distributed.all_reduce_(self._second.upper())
+        distributed.all_reduce_(self._sum)
+        if self._normalized is not None:
+            distributed.all_reduce_(self._normalized.upper())
+        eps = torch.tensor([self._dtype_eps], dtype=torch.float64, device=self._device)
+        distributed.all_reduce_(eps, op="max")
+        self._n, self._n_nonzero = total, int(header[1].item())
+        self._shift = common
+        self._dtype_eps = float(eps.item())
+
+    def singular_values(self) -> torch.Tensor:
+        """Singular values of the accumulated raw embeddings (float64, descending, the min(N, K)
+        largest, on CPU), as the square roots of the Gram's eigenvalues: resolved down to
+        ~1e-7·σ_max (see the class docstring), enough for a spectrum plot."""
+        if self._n == 0:
+            raise ValueError("EmbeddingStats.singular_values called before any update")
+        lam = torch.linalg.eigvalsh(self._raw_gram(), UPLO="U").clamp(min=0.0)
+        return torch.sort(lam, descending=True).values[: min(self._n, self.dim)].sqrt().cpu()
 
     def _raw_gram(self) -> torch.Tensor:
         """ZᵀZ = S + c sᵀ + s cᵀ + N c cᵀ, valid in its upper triangle (rank-1 updates in place)."""

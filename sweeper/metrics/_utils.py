@@ -14,6 +14,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from sweeper import distributed
+
 ArrayLike = torch.Tensor | np.ndarray
 
 _F64 = torch.float64
@@ -100,6 +102,16 @@ def _check_finite(t: torch.Tensor, *, name: str = "z") -> None:
             raise ValueError(
                 f"{name} contains non-finite values (NaN or inf); the embeddings of a diverged model have no rank"
             )
+
+
+def _as_shard(z: ArrayLike, *, name: str = "z") -> torch.Tensor:
+    """Validates one process's row shard of an (N, K) matrix: 2-D, K ≥ 1, finite; this shard
+    may be empty (another process's may not: the metrics check the total)."""
+    t = _to_tensor(z, name=name)
+    if t.dim() != 2 or t.shape[1] == 0:
+        raise ValueError(f"{name} must be 2-D (rows × K dimensions, K ≥ 1), got shape {tuple(t.shape)}")
+    _check_finite(t, name=name)
+    return t
 
 
 def _as_matrix(z: ArrayLike, *, name: str = "z", max_samples: int | None = None) -> torch.Tensor:
@@ -195,6 +207,29 @@ class _SymAccumulator:
         return total
 
 
+class _Processes:
+    """The collectives of a metric computed over the row shards of several processes (the
+    default ``torch.distributed`` group): sums of Grams, and rank 0's word on every decision
+    and on every basis, so that all processes take the same branches (and so run the same
+    collectives) even where their floating-point results differ in the last bits."""
+
+    def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
+        return distributed.all_reduce_(tensor)
+
+    def rows(self, local: int, device: torch.device) -> int:
+        return int(distributed.all_reduce_(torch.tensor([local], dtype=torch.long, device=device)).item())
+
+    def agree(self, flag: bool, device: torch.device) -> bool:
+        return bool(distributed.broadcast_(torch.tensor([int(flag)], dtype=torch.long, device=device)).item())
+
+    def same(self, tensor: torch.Tensor) -> torch.Tensor:
+        return distributed.broadcast_(tensor.contiguous())
+
+
+def _agree(processes: _Processes | None, flag: bool, device: torch.device) -> bool:
+    return flag if processes is None else processes.agree(flag, device)
+
+
 def _gram(
     z: torch.Tensor,
     *,
@@ -202,12 +237,15 @@ def _gram(
     transpose: bool = False,
     basis: torch.Tensor | None = None,
     products: torch.dtype = _F64,
+    processes: _Processes | None = None,
 ) -> torch.Tensor:
     """Float64 Gram ``BᵀB`` with ``B = A @ basis``, ``A = z − shift`` (or ``Aᵀ``).
 
     Valid in the upper triangle only (see `_SymAccumulator.upper`). With ``products=float32``
     (only for a float32 ``z`` with no shift and no basis) each row block's Gram is a float32
-    matmul — exact products, sums rounded over ≤ 2²³/K rows — accumulated in float64.
+    matmul — exact products, sums rounded over ≤ 2²³/K rows — accumulated in float64. With
+    ``processes``, ``z`` is this process's row shard and the Gram is summed over the processes
+    (a Gram ``AᵀA`` is a sum over rows: ``transpose`` must be False).
     """
     k = z.shape[0] if transpose else z.shape[1]
     m = k if basis is None else basis.shape[1]
@@ -215,7 +253,7 @@ def _gram(
     dtype = torch.float32 if products == torch.float32 and basis is None and shift is None else _F64
     for block in _row_blocks(z, shift=shift, transpose=transpose, dtype=dtype):
         acc.add(block if basis is None else block @ basis)
-    return acc.upper()
+    return acc.upper() if processes is None else processes.sum_(acc.upper())
 
 
 def _low_precision(z: torch.Tensor) -> bool:
@@ -228,7 +266,9 @@ def _low_precision(z: torch.Tensor) -> bool:
     return z.device.type == "cpu"
 
 
-def _float32_gram_singular_values(z: torch.Tensor, *, transpose: bool) -> torch.Tensor | None:
+def _float32_gram_singular_values(
+    z: torch.Tensor, *, transpose: bool, processes: _Processes | None = None
+) -> torch.Tensor | None:
     """Singular values of a float32 ``z`` from a Gram of float32 products, or None when the
     rounding of those products could matter (the caller then takes the float64 path).
 
@@ -239,30 +279,35 @@ def _float32_gram_singular_values(z: torch.Tensor, *, transpose: bool) -> torch.
     of the sum of squares). The result is kept when that estimate is ≤ 2e-8 and every λᵢ ≥ 1e3·ρ
     (where first order holds). On power-law spectra σᵢ ∝ i^-a, a ≤ 1, and flat ones (kept) the
     actual error was within 4× of the estimate; steeper or rank-deficient spectra fail the test.
+    With ``processes`` (row shards), the float32 Gram and the probe's exact Gram are each summed
+    over the processes, so ρ measures the rounding of the summed Gram.
     """
     tall = z.T if transpose else z
     m = tall.shape[1]
-    g = _gram(z, transpose=transpose, products=torch.float32)
-    if not math.isfinite(float(g.sum())):  # float32 products overflowed (|z| ≳ 1e19)
+    g = _gram(z, transpose=transpose, products=torch.float32, processes=processes)
+    # float32 products overflow when |z| ≳ 1e19
+    if not _agree(processes, math.isfinite(float(g.sum())), z.device):
         return None
     lam = torch.linalg.eigvalsh(g, UPLO="U")
-    if float(lam[-1]) <= 0.0:
+    if not _agree(processes, float(lam[-1]) > 0.0, z.device):
         return None
     generator = torch.Generator().manual_seed(0)
     probe = torch.randperm(m, generator=generator)[: min(_F32_PROBE_COLUMNS, m)].sort().values.to(z.device)
     columns = tall[:, probe].to(_F64)
     exact = columns.T @ columns
+    if processes is not None:
+        processes.sum_(exact)
     error = (g[probe][:, probe] - exact).triu()  # sorted probe: g's upper triangle maps to triu
     count = probe.numel() * (probe.numel() + 1) / 2
     rho = math.sqrt(float(error.square().sum()) / count)
-    if float(lam[0]) < 1e3 * rho:
+    if not _agree(processes, float(lam[0]) >= 1e3 * rho, z.device):
         return None
-    sigma = lam.sqrt()
+    sigma = lam.clamp(min=0.0).sqrt()
     p = sigma / sigma.sum()
     log_p = torch.log(p)
     entropy = -float((p * log_p).sum())
     estimate = float(((log_p + entropy).abs() * p * rho / (2.0 * lam)).square().sum().sqrt())
-    return _desc(sigma) if estimate <= _F32_BUDGET else None
+    return _desc(sigma) if _agree(processes, estimate <= _F32_BUDGET, z.device) else None
 
 
 def _desc(x: torch.Tensor) -> torch.Tensor:
@@ -270,7 +315,11 @@ def _desc(x: torch.Tensor) -> torch.Tensor:
 
 
 def _gram_singular_values(
-    z: torch.Tensor, *, shift: torch.Tensor | None = None, for_rankme: bool = False
+    z: torch.Tensor,
+    *,
+    shift: torch.Tensor | None = None,
+    for_rankme: bool = False,
+    processes: _Processes | None = None,
 ) -> torch.Tensor:
     """Singular values of ``A = z − shift`` (float64, descending, min(N, K) of them) via Grams.
 
@@ -289,55 +338,70 @@ def _gram_singular_values(
     σ_i ∝ i^-5, exponential decay, exact rank 30): RankMe differs by ≤ 2e-10 relative; a plain
     Gram without deflation by up to 3e-5. Full-rank embeddings with σ_min ≥ 1e-5·σ_max (the
     common case) never deflate.
+
+    With ``processes``, ``z`` is this process's row shard: every Gram is the K × K ``AᵀA``
+    summed over the processes (whatever N), each deflation basis is rank 0's, and the top
+    min(N, K) values (N = all rows) are returned.
     """
     n, k = z.shape
-    transpose = n < k
-    small = min(n, k)
     device = z.device
+    if processes is not None:
+        n = processes.rows(n, device)
+    transpose = n < k and processes is None
+    small = min(n, k)
     if for_rankme and shift is None and _low_precision(z):
-        fast = _float32_gram_singular_values(z, transpose=transpose)
+        fast = _float32_gram_singular_values(z, transpose=transpose, processes=processes)
         if fast is not None:
-            return fast
-    g = _gram(z, shift=shift, transpose=transpose, products=_F64)
+            return fast[:small]
+    g = _gram(z, shift=shift, transpose=transpose, products=_F64, processes=processes)
     lam = torch.linalg.eigvalsh(g, UPLO="U")
     lam_max = float(lam[-1])
-    if lam_max <= 0.0:
+    if not _agree(processes, lam_max > 0.0, device):
         return torch.zeros(small, dtype=_F64, device=device)
-    if float(lam[0]) >= _TAIL_RATIO * lam_max:
-        return _desc(lam.sqrt())
+    if _agree(processes, float(lam[0]) >= _TAIL_RATIO * lam_max, device):
+        return _desc(lam.clamp(min=0.0).sqrt())[:small]
     # Noise level of the entries of A itself (rounding of the float64 shift/projection).
     sigma_floor = 16.0 * _EPS64 * math.sqrt(max(n, k)) * math.sqrt(lam_max)
     accepted: list[torch.Tensor] = []
     basis: torch.Tensor | None = None
     for level in range(_MAX_LEVELS):
         if level > 0:
-            g = _gram(z, shift=shift, transpose=transpose, basis=basis)
+            g = _gram(z, shift=shift, transpose=transpose, basis=basis, processes=processes)
         lam, vec = torch.linalg.eigh(g, UPLO="U")
         level_max = float(lam[-1])
-        if level_max <= sigma_floor**2 or level == _MAX_LEVELS - 1:
+        if _agree(processes, level_max <= sigma_floor**2 or level == _MAX_LEVELS - 1, device):
             accepted.append(lam.clamp(min=0.0).sqrt())
             break
         head = lam >= _TAIL_RATIO * level_max
-        accepted.append(lam[head].sqrt())
+        if processes is not None:
+            head = processes.same(head.to(torch.uint8)).bool()
+        accepted.append(lam[head].clamp(min=0.0).sqrt())
         tail = vec[:, ~head]
         if tail.shape[1] == 0:
             break
+        if processes is not None:
+            tail = processes.same(tail)
         basis = tail if basis is None else basis @ tail
-    return _desc(torch.cat(accepted))
+    return _desc(torch.cat(accepted))[:small]
 
 
 def _singular_values_f64(
-    z: torch.Tensor, *, shift: torch.Tensor | None = None, for_rankme: bool = False
+    z: torch.Tensor,
+    *,
+    shift: torch.Tensor | None = None,
+    for_rankme: bool = False,
+    processes: _Processes | None = None,
 ) -> torch.Tensor:
     """Singular values of ``z − shift`` in float64 (descending, on z's device, min(N, K) of them).
 
     Gram path (see `_gram_singular_values`) when the matrix is at least twice as long as it is
-    wide (either way round); a float64 ``svdvals`` for near-square matrices, where the Gram saves
-    least and its deflation could cost as much as the SVD.
+    wide (either way round), and always for row shards (``processes``); a float64 ``svdvals``
+    for near-square matrices, where the Gram saves least and its deflation could cost as much
+    as the SVD.
     """
     n, k = z.shape
-    if max(n, k) >= _GRAM_ASPECT * min(n, k):
-        return _gram_singular_values(z, shift=shift, for_rankme=for_rankme)
+    if processes is not None or max(n, k) >= _GRAM_ASPECT * min(n, k):
+        return _gram_singular_values(z, shift=shift, for_rankme=for_rankme, processes=processes)
     a = z.to(_F64)
     if shift is not None:
         a = a - shift

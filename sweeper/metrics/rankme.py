@@ -17,7 +17,9 @@ import torch
 from sweeper.metrics._utils import (
     ArrayLike,
     _as_matrix,
+    _as_shard,
     _entropy_effective_rank,
+    _Processes,
     _singular_values_f64,
     _to_tensor,
 )
@@ -102,3 +104,45 @@ def rankme(z: ArrayLike, *, eps: float = 1e-7, max_samples: int | None = 25600) 
     """
     t = _as_matrix(z, max_samples=max_samples)
     return _entropy_effective_rank(_singular_values_f64(t, for_rankme=True), eps=eps)
+
+
+def _distributed_singular_values(shard: ArrayLike, *, for_rankme: bool) -> torch.Tensor:
+    t = _as_shard(shard, name="shard")
+    processes = _Processes()
+    if processes.rows(t.shape[0], t.device) == 0:
+        raise ValueError("every process's shard is empty: no rows to compute a rank from")
+    return _singular_values_f64(t, for_rankme=for_rankme, processes=processes)
+
+
+def distributed_singular_values(shard: ArrayLike) -> torch.Tensor:
+    """Singular values of the rows of every process's ``shard`` together, without gathering them.
+
+    A collective over the default ``torch.distributed`` group: every process calls it with its
+    own rows (an (n_r, K) matrix, possibly empty) and gets the min(N, K) singular values of the
+    (N, K) matrix of all rows (float64, descending, on CPU): the eigenvalues of the K × K Gram
+    ZᵀZ = Σ_r Z_rᵀZ_r, one all-reduce of the shards' Grams (more only when small singular values
+    need `rankme`'s deflation, whose bases are rank 0's). In a single process, the Gram path of
+    :func:`singular_values`.
+
+    Raises:
+        ValueError: if a shard is not 2-D or holds NaN/inf, or every shard is empty.
+    """
+    return _distributed_singular_values(shard, for_rankme=False).cpu()
+
+
+def distributed_rankme(shard: ArrayLike, *, eps: float = 1e-7) -> float:
+    """RankMe (Garrido et al., ICML 2023) of the rows of every process's ``shard`` together,
+    without gathering the embeddings.
+
+    RankMe needs only the singular values of Z, i.e. the eigenvalues of ZᵀZ, and ZᵀZ is a sum
+    over samples: each process forms its shard's K × K Gram and one all-reduce gives the Gram of
+    all N rows (:func:`distributed_singular_values`). For float32 embeddings the fast path of
+    :func:`rankme` applies to the summed Gram, its rounding measured on the probe columns' exact
+    float64 Gram, summed too; every branch follows rank 0, so all processes run the same
+    collectives. The value equals :func:`rankme` of the concatenated shards (``max_samples=None``)
+    to ~1e-10 relative. A collective: every process of the default group calls it.
+
+    Raises:
+        ValueError: if a shard is not 2-D or holds NaN/inf (a diverged model), or all are empty.
+    """
+    return _entropy_effective_rank(_distributed_singular_values(shard, for_rankme=True), eps=eps)

@@ -78,3 +78,30 @@ def test_views_differ_but_keep_shape_and_range() -> None:
     same = torch.nn.functional.cosine_similarity(a.flatten(1), images.flatten(1)).mean()
     other = torch.nn.functional.cosine_similarity(a.flatten(1), images.roll(1, 0).flatten(1)).mean()
     assert same > other
+
+
+def test_digits_train_per_class_is_a_balanced_seeded_subset() -> None:
+    full = load_dataset(DataConfig(image_size=8))
+    subset = load_dataset(DataConfig(image_size=8, train_per_class=20))
+    again = load_dataset(DataConfig(image_size=8, train_per_class=20))
+    other = load_dataset(DataConfig(image_size=8, train_per_class=20, subset_seed=1))
+    assert torch.equal(torch.bincount(subset.train.labels), torch.full((10,), 20))
+    assert torch.equal(subset.train.images, again.train.images)
+    assert not torch.equal(subset.train.images, other.train.images)
+    assert torch.equal(subset.test.images, full.test.images)  # the test split stays whole
+    # Every kept image is one of the full train split's, each at most once.
+    rows = {tuple(image.flatten().tolist()): i for i, image in enumerate(full.train.images)}
+    kept = [rows[tuple(image.flatten().tolist())] for image in subset.train.images]
+    assert len(set(kept)) == 200 and kept == sorted(kept)
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_imagefolder_train_per_class(tmp_path: Path, in_memory: bool) -> None:
+    _imagefolder(tmp_path)
+    config = DataConfig(dataset="imagefolder", root=tmp_path, image_size=16, in_memory=in_memory, num_workers=0)
+    full = load_dataset(config.model_copy(update={"train_per_class": None}))
+    subset = load_dataset(config.model_copy(update={"train_per_class": 5}))
+    assert torch.equal(torch.bincount(subset.train.labels), torch.full((3,), 5))
+    assert len(subset.test) == len(full.test) == 40
+    if not in_memory:
+        assert set(subset.train.order) <= set(full.train.order) and len(set(subset.train.order)) == 15

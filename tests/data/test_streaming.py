@@ -109,10 +109,10 @@ def test_streamed_epoch_sees_every_image_once_and_evaluates_as_in_memory(folder:
 
     # The same weights give the same label-free and oracle metrics through either path.
     memory.method.load_state_dict(streaming.method.state_dict())
-    expected = memory.evaluate_label_free() | memory.evaluate_oracle()
+    expected = memory.evaluator.label_free() | memory.evaluator.oracle()
     for key in ("rankme/embedding", "rankme/representation", f"oracle/knn/{folder.name}"):
         assert result.metrics[key] == pytest.approx(expected[key], rel=1e-6), key
-    assert streaming.embedding_spectrum() == pytest.approx(memory.embedding_spectrum(), rel=1e-5)
+    assert streaming.evaluator.embedding_spectrum() == pytest.approx(memory.evaluator.embedding_spectrum(), rel=1e-5)
 
 
 def test_streamed_training_resumes_exactly(folder: Path) -> None:

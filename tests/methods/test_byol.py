@@ -59,17 +59,6 @@ def test_target_is_an_ema_of_the_online_network(backbone, make_views) -> None:
     assert not torch.equal(target, online)
 
 
-def test_training_lowers_the_loss_and_embeds(backbone, make_views, loss_before_after, digits_batch) -> None:
-    method = _byol(backbone, [64, 32], 0.99, 64)
-    before, after = loss_before_after(method, make_views(2))
-    assert after < before
-    method.eval()
-    representation, embedding = method.embed(digits_batch[:5])
-    assert representation.shape == (5, 128)
-    assert embedding.shape == (5, 32) == (5, method.embedding_dim)
-    assert method.prototypes() is None
-
-
 def test_without_predictor_the_online_projection_is_compared_directly(backbone, make_views) -> None:
     method = _byol(backbone, [32, 16], 0.0, 32, predictor=False)
     assert isinstance(method.predictor, torch.nn.Identity)

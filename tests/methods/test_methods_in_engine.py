@@ -10,6 +10,7 @@ import pytest
 from sweeper.config import DataConfig, load_config
 from sweeper.data import load_dataset
 from sweeper.engine import Trainer
+from sweeper.methods import METHODS
 
 SMALL = {
     "byol": {"predictor_hidden_dim": 32},
@@ -17,7 +18,6 @@ SMALL = {
     "swav": {"num_prototypes": 16, "queue_length": 128, "queue_start": 0.0},
     "carp": {"num_prototypes": 64, "block_size": 16},
 }
-METHODS = ["simclr", "vicreg", "vicreg_exp", "vicreg_ctr", "barlow_twins", "byol", "dino", "swav", "carp"]
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def digits8():
     return load_dataset(DataConfig(image_size=8))
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", list(METHODS))
 def test_one_epoch_in_the_engine(method, digits8) -> None:
     config = load_config(
         data={

@@ -82,16 +82,12 @@ def test_prototypes_frozen_during_the_first_epoch_and_renormalised(backbone, mak
     assert method.prototype_layer.heads[0].bias is None
 
 
-def test_training_lowers_the_loss_and_embeds(backbone, make_views, loss_before_after, digits_batch) -> None:
+def test_embedding_and_prototypes_are_l2_normalised(backbone, digits_batch) -> None:
     method = _method(backbone)
-    before, after = loss_before_after(method, make_views(2), steps=8)
-    assert after < before
     method.eval()
-    representation, embedding = method.embed(digits_batch[:5])
-    assert representation.shape == (5, 128)
-    assert embedding.shape == (5, 16) == (5, method.embedding_dim)
+    _, embedding = method.embed(digits_batch[:5])
     assert torch.allclose(embedding.norm(dim=1), torch.ones(5), atol=1e-5)
-    assert method.prototypes().shape == (K, 16)
+    assert torch.allclose(method.prototypes().norm(dim=1), torch.ones(K), atol=1e-5)
 
 
 def test_multicrop_asks_for_more_views(backbone, make_views) -> None:

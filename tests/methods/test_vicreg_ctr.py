@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from sweeper.methods.vicreg_ctr import VICRegCtr, vicreg_ctr_loss
+from sweeper.methods.vicreg_exp import VICRegExp, vicreg_exp_loss
 
 PARAMS = {"inv_weight": 25.0, "var_weight": 25.0, "cov_weight": 1.0, "temperature": 0.1}
 
@@ -42,12 +43,8 @@ def test_loss_matches_the_formula(params) -> None:
     assert float(vicreg_ctr_loss(a, b, **params)) == pytest.approx(expected, rel=1e-10)
 
 
-def test_training_lowers_the_loss_and_embeds(backbone, make_views, loss_before_after, digits_batch) -> None:
-    method = VICRegCtr(backbone, projector=[64, 32], **PARAMS)
-    before, after = loss_before_after(method, make_views(2))
-    assert after < before
-    method.eval()
-    representation, embedding = method.embed(digits_batch[:5])
-    assert representation.shape == (5, 128)
-    assert embedding.shape == (5, 32) == (5, method.embedding_dim)
-    assert method.prototypes() is None
+def test_is_vicreg_exp_on_the_transposed_embeddings() -> None:
+    g = torch.Generator().manual_seed(6)
+    a, b = (torch.randn(12, 5, generator=g) for _ in range(2))
+    assert torch.equal(vicreg_ctr_loss(a, b, **OTHER), vicreg_exp_loss(a.T, b.T, **OTHER))
+    assert VICRegCtr.transposed and issubclass(VICRegCtr, VICRegExp)

@@ -162,6 +162,10 @@ def test_public_api() -> None:
         "nesum",
         "stable_rank",
         "self_clustering",
+        "coherence",
+        "pseudo_condition",
+        "intrinsic_dimension",
+        "lidar_representation",
     )
     for name in metrics.__all__:
         assert hasattr(metrics, name)

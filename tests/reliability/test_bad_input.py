@@ -87,7 +87,7 @@ CASES = [
     ),
     ("unknown method", lambda d: _set(d, "method.name", "mocov9"), [], "method.name: Input should be"),
     ("unknown backbone", lambda d: _set(d, "model.backbone", "vgg11"), [], "model.backbone: Input should be"),
-    ("unknown dataset", lambda d: _set(d, "data.dataset", "mnist"), [], "data.dataset: Input should be"),
+    ("unknown dataset", lambda d: _set(d, "data.dataset", "imagenet21k"), [], "data.dataset: Input should be"),
     ("unknown optimizer", lambda d: _set(d, "train.optimizer", "adam"), [], "train.optimizer: Input should be"),
     ("missing data root", lambda d: _set(d, "data.dataset", "cifar10"), [], "needs a local data root: set data.root"),
     (
