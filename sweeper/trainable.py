@@ -172,24 +172,25 @@ def _replay(config: SweeperConfig, trainer: Trainer, report: _Report, last: dict
     return last is not None and last["status"] != RUNNING
 
 
-def _tune_report(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
+def _report_through(api: Any, metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
+    """``api.report`` (``ray.tune`` or ``ray.train``: the same two calls) with the state, if any,
+    as a checkpoint."""
     if state is None:
-        tune.report(metrics)
+        api.report(metrics)
         return
     with tempfile.TemporaryDirectory() as directory:
         _write_state(state, Path(directory))
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+        api.report(metrics, checkpoint=api.Checkpoint.from_directory(directory))
+
+
+def _tune_report(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
+    _report_through(tune, metrics, state)
 
 
 def _train_report(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
     from ray import train
 
-    if state is None:
-        train.report(metrics)
-        return
-    with tempfile.TemporaryDirectory() as directory:
-        _write_state(state, Path(directory))
-        train.report(metrics, checkpoint=train.Checkpoint.from_directory(directory))
+    _report_through(train, metrics, state)
 
 
 def _follower_report(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
