@@ -2,9 +2,11 @@
 the labelled oracle, over eight ordered sweeps of the hyperparameters the papers sweep.
 
 Each sweep is a sweeper sweep (embedded Ray, MLflow, checkpoints) of one hyperparameter over five
-values, every configuration trained with ``--seeds`` seeds, every label-free metric logged
-(RankMe of the embedding and of the representation, classical rank, α-ReQ, LiDAR, NESum, stable
-rank, self-clustering) and both oracles (linear probe, 20-NN) measured on the whole test split.
+values, every configuration trained with ``--seeds`` seeds, every label-free metric sweeper has
+logged (RankMe of the embedding and of the representation, classical rank, α-ReQ, LiDAR of the
+embedding and of the representation, NESum, stable rank, self-clustering, coherence,
+pseudo-condition number, TwoNN intrinsic dimension) and both oracles (linear probe, 20-NN)
+measured on the whole test split.
 The sweeps, their values and every rule's default (plateau tolerance 1 %, α-ReQ closest to 1,
 the rest "max", or "min" for self-clustering) were fixed from the papers before this bench was
 first run; nothing here is tuned to its results.
@@ -19,7 +21,7 @@ The bench resumes where it stopped: a finished sweep is read back, an interrupte
 
 Usage::
 
-    python bench/selection.py --workdir runs/selection                      # Fashion-MNIST, ~1.5 h on 2 cores
+    python bench/selection.py --workdir runs/selection                      # Fashion-MNIST, ~45 min on 2 quiet cores
     python bench/selection.py --workdir runs/selection --dataset digits      # the same sweeps on digits
     python bench/selection.py --quick                                       # smoke test: 2 sweeps, 1 seed, 1 epoch
 """
@@ -36,10 +38,10 @@ from typing import Any
 from _common import ROOT, machine_line, workdir
 
 from sweeper.config import SweeperConfig, load_config
+from sweeper.names import LABEL_FREE_METRICS
 
 DIGITS = ROOT / "configs" / "digits"
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
-LABEL_FREE = ["rankme", "classical_rank", "alpha_req", "lidar", "nesum", "stable_rank", "self_clustering"]
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,7 @@ def sweep_config(sweep: Sweep, args: argparse.Namespace, directory: Path) -> Swe
             **data,
             "train.epochs": args.epochs,
             "evaluation.every_n_epochs": args.epochs,
-            "evaluation.label_free": LABEL_FREE,
+            "evaluation.label_free": list(LABEL_FREE_METRICS),
             "evaluation.oracle": ["linear", "knn"],
             "search.algorithm": "grid",
             "search.space": {sweep.key: {"values": list(sweep.values)}},

@@ -113,6 +113,21 @@ def _add_sweep_commands(commands: argparse._SubParsersAction) -> None:
     resume.add_argument("--verbose", action="store_true", help="Ray Tune's own console output instead of the view")
     resume.set_defaults(handler=_resume)
 
+    confirm = commands.add_parser(
+        "confirm",
+        help="train the top configurations again with new seeds and pick on the seed means",
+        description="Train the top-k configurations of the sweep's selection.rule again, each with new seeds, as "
+        "trials of the same sweep (a resume: a sweep still running is refused; an interrupted one finishes first).",
+    )
+    confirm.add_argument("sweep", help="sweep directory or URI, or sweep name under --storage-path")
+    confirm.add_argument("--storage-path", default="./sweeps", help="where to look for a sweep name (a path or a URI)")
+    confirm.add_argument("--top-k", type=int, help="configurations to confirm [search.confirm.top_k, else 2]")
+    confirm.add_argument("--seeds", type=int, help="new seeds per configuration [search.confirm.seeds, else 2]")
+    confirm.add_argument("--address", help="existing Ray cluster: auto or ray://HOST:10001")
+    confirm.add_argument("--quiet", action="store_true", help="no progress view while the trials run")
+    confirm.add_argument("--verbose", action="store_true", help="Ray Tune's own console output instead of the view")
+    confirm.set_defaults(handler=_confirm)
+
     status = commands.add_parser("status", help="trials of a sweep, their states and the current picks")
     status.add_argument("sweep", help="sweep directory or URI, or sweep name under --storage-path")
     status.add_argument("--storage-path", default="./sweeps", help="where to look for a sweep name (a path or a URI)")
@@ -228,6 +243,18 @@ def _resume(args: argparse.Namespace) -> int:
     config = load_sweep_config(args.sweep, storage_path=_storage_path(args))
     if args.num_samples is not None:
         config = config.with_overrides({"search.num_samples": args.num_samples})
+    return _sweep_and_print(config, address=args.address, resume=True, quiet=args.quiet, verbose=args.verbose)
+
+
+def _confirm(args: argparse.Namespace) -> int:
+    from sweeper.config import ConfirmConfig
+    from sweeper.sweep import load_sweep_config
+
+    config = load_sweep_config(args.sweep, storage_path=_storage_path(args))
+    saved = config.search.confirm or ConfirmConfig()
+    top_k = args.top_k if args.top_k is not None else saved.top_k
+    seeds = args.seeds if args.seeds is not None else saved.seeds
+    config = config.with_overrides({"search.confirm": {"top_k": top_k, "seeds": seeds}})
     return _sweep_and_print(config, address=args.address, resume=True, quiet=args.quiet, verbose=args.verbose)
 
 

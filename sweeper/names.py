@@ -16,17 +16,20 @@ from typing import Any
 __all__ = [
     "LABEL_FREE_METRICS",
     "COLLAPSED",
+    "CONFIRM_PHASE",
     "DIVERGED",
     "FAILED",
     "FINISHED_STATUSES",
     "OK",
     "PENDING",
+    "PHASE",
     "RANKME_EMBEDDING",
     "RANKME_EMBEDDING_CLIPPED",
     "RANKME_PROTOTYPES",
     "RANKME_REPRESENTATION",
     "RANKME_SELECTION_METRICS",
     "RUNNING",
+    "SEARCH_PHASE",
     "SPECTRUM_EMBEDDING",
     "STATUSES",
     "STOPPED",
@@ -95,6 +98,13 @@ PENDING = "pending"
 FINISHED_STATUSES: tuple[str, ...] = (OK, DIVERGED, COLLAPSED, STOPPED, FAILED)
 UNFINISHED_STATUSES: tuple[str, ...] = (RUNNING, PENDING)
 STATUSES: tuple[str, ...] = FINISHED_STATUSES + UNFINISHED_STATUSES
+
+# --------------------------------------------------------------------------- phases
+# The trial table's ``phase``: a trial of the search itself, or a confirmation trial (one of the
+# top configurations trained again with a new seed, ``search.confirm``).
+PHASE = "phase"
+SEARCH_PHASE = "search"
+CONFIRM_PHASE = "confirm"
 
 
 def is_eligible(status: object) -> bool:

@@ -40,6 +40,7 @@ SWEEP_TAG = "sweeper.sweep"
 TRIAL_TAG = "sweeper.trial_id"
 STATUS_TAG = "sweeper.status"
 ERROR_TAG = "sweeper.error"
+CONFIRM_TAG = "sweeper.confirm"  # "true" on a confirmation trial's run (search.confirm)
 PARENT_TAG = "mlflow.parentRunId"
 _MAX_PARAM_LENGTH = 6000
 # The SQL stores MLflow's tracking server code runs on (SQLAlchemy dialects).
@@ -175,8 +176,9 @@ class SweepTracker:
 
     # --- children ----------------------------------------------------------------------------
 
-    def child(self, trial_id: str, params: Mapping[str, Any]) -> str:
-        """The trial's run: found by its tags when it exists (resume), else created."""
+    def child(self, trial_id: str, params: Mapping[str, Any], *, tags: Mapping[str, str] | None = None) -> str:
+        """The trial's run: found by its tags when it exists (resume), else created, with
+        ``tags`` besides the parent's, the trial's and the sweep's."""
         if trial_id in self._children:
             return self._children[trial_id]
         if self.parent_id is None:  # a tracker restored with Tune's state before its parent was made
@@ -196,7 +198,7 @@ class SweepTracker:
             run = self.client.create_run(
                 self.experiment_id,
                 run_name=trial_id,
-                tags={PARENT_TAG: self.parent_id, TRIAL_TAG: trial_id, SWEEP_TAG: self.sweep},
+                tags={PARENT_TAG: self.parent_id, TRIAL_TAG: trial_id, SWEEP_TAG: self.sweep, **(tags or {})},
             )
             run_id = run.info.run_id
             self.client.log_batch(run_id, params=[Param(k, _param_value(v)) for k, v in params.items()])

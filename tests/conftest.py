@@ -26,7 +26,7 @@ def one_thread() -> Iterator[None]:
 def ray_local() -> Iterator[None]:
     """A 2-CPU embedded Ray shared by the tests of one module (starting Ray costs seconds)."""
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     try:
         yield
     finally:

@@ -25,3 +25,15 @@ def tiny_config_data(tmp_path, **overrides) -> dict:
     for key, value in overrides.items():
         data[key] = value
     return data
+
+
+def child_runs(config, parent_id: str) -> list:
+    """The MLflow child runs of the sweep ``config``'s parent run ``parent_id``, checking that
+    the experiment holds exactly that one parent."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(config.tracking.uri)
+    experiment = client.get_experiment_by_name(config.experiment_name)
+    runs = client.search_runs([experiment.experiment_id])
+    assert [r.info.run_id for r in runs if "mlflow.parentRunId" not in r.data.tags] == [parent_id]
+    return [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent_id]

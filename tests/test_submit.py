@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -25,7 +27,11 @@ def token() -> str:
 
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory, token):
+    """A head of its own (`ray start --head --block` in its own session, its own --temp-dir):
+    stopped alone at the end, where `ray stop` would stop every Ray on the machine, and never
+    recorded in /tmp/ray, where a later bare `ray.init()` would join it."""
     home = tmp_path_factory.mktemp("home")
+    temp_dir = Path(tempfile.mkdtemp(prefix="ray-submit-"))  # short: Ray's sockets live in it
     env = {
         **os.environ,
         "RAY_AUTH_MODE": "token",
@@ -33,25 +39,29 @@ def ray_head(tmp_path_factory, token):
         "HOME": str(home),
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # the job's `python` is this one
     }
-    dashboard = free_port()
+    dashboard, gcs = free_port(), free_port()
     start = [
         str(BIN / "ray"),
         "start",
         "--head",
+        "--block",
+        f"--temp-dir={temp_dir}",
         "--node-ip-address=127.0.0.1",
-        f"--port={free_port()}",
+        f"--port={gcs}",
         "--dashboard-host=127.0.0.1",
         f"--dashboard-port={dashboard}",
         "--num-cpus=2",
         "--include-dashboard=true",
         "--disable-usage-stats",
     ]
-    subprocess.run(start, env=env, check=True, timeout=180, capture_output=True)
+    with (home / "ray-start.log").open("ab") as log:
+        head = subprocess.Popen(start, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_http(f"http://127.0.0.1:{dashboard}/api/version", timeout=120)
-        yield f"http://127.0.0.1:{dashboard}", env
+        wait_http(f"http://127.0.0.1:{dashboard}/api/version", timeout=180)
+        yield f"http://127.0.0.1:{dashboard}", env, f"127.0.0.1:{gcs}"
     finally:
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, timeout=120, capture_output=True)
+        stop(head)  # SIGTERM to its session: `ray start --block` stops the processes it started
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +86,7 @@ def _submit(workdir: Path, address: str, env: dict, *extra: str) -> subprocess.C
 
 
 def test_submit_wait_runs_the_sweep_on_the_cluster(tmp_path, ray_head, mlflow_server, token) -> None:
-    address, env = ray_head
+    address, env, _ = ray_head
     data = tiny_config_data(tmp_path, name="submitted")
     data["tracking"]["uri"] = mlflow_server
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(data))
@@ -103,7 +113,7 @@ def test_submit_wait_runs_the_sweep_on_the_cluster(tmp_path, ray_head, mlflow_se
 
 
 def test_submit_without_the_token_is_one_clear_error(tmp_path, ray_head) -> None:
-    address, env = ray_head
+    address, env, _ = ray_head
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(tiny_config_data(tmp_path, name="denied")))
     no_token = {k: v for k, v in env.items() if k not in {"RAY_AUTH_TOKEN", "RAY_AUTH_MODE"}}
     done = _submit(tmp_path, address, no_token)
@@ -118,3 +128,30 @@ def test_unreachable_head_is_one_clear_error(tmp_path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
     done = _submit(tmp_path, f"http://127.0.0.1:{free_port()}", env)
     assert done.returncode == 2 and "cannot reach the Ray head" in done.stderr, done.stderr
+
+
+def test_an_embedded_sweep_never_joins_a_head_running_on_this_machine(ray_head) -> None:
+    """A bare ``ray.init()`` joins the head the last `ray start` recorded in
+    /tmp/ray/ray_current_cluster (here it would fail on the head's token); a sweep without
+    --address starts a Ray of its own instead."""
+    import ray
+
+    from sweeper.sweep._cluster import connect
+
+    _, _, head = ray_head
+    recorded = Path("/tmp/ray/ray_current_cluster")  # what `ray start` writes without --temp-dir
+    before = recorded.read_bytes() if recorded.exists() else None
+    recorded.parent.mkdir(parents=True, exist_ok=True)
+    recorded.write_text(head)
+    try:
+        assert connect(None) is True
+        try:
+            assert ray.get_runtime_context().gcs_address != head
+            assert ray.cluster_resources().get("CPU", 0) >= 1
+        finally:
+            ray.shutdown()
+    finally:
+        if before is None:
+            recorded.unlink(missing_ok=True)
+        else:
+            recorded.write_bytes(before)

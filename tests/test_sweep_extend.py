@@ -9,11 +9,10 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from mlflow.tracking import MlflowClient
 
 from sweeper.config import load_config
 from sweeper.sweep import SweepError, run_sweep
-from tests.helpers import tiny_config_data
+from tests.helpers import child_runs, tiny_config_data
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -24,14 +23,6 @@ def _result_rows(directory: Path) -> dict[str, list[dict]]:
         lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         rows[lines[0]["trial_id"]] = [(row["epoch"], row["train/loss"]) for row in lines]
     return rows
-
-
-def _children(config, parent_id: str) -> list:
-    client = MlflowClient(config.tracking.uri)
-    experiment = client.get_experiment_by_name(config.experiment_name)
-    runs = client.search_runs([experiment.experiment_id])
-    assert [r.info.run_id for r in runs if "mlflow.parentRunId" not in r.data.tags] == [parent_id]
-    return [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent_id]
 
 
 def _data(tmp_path: Path, name: str, **search) -> dict:
@@ -61,7 +52,7 @@ def test_grid_sweep_grows_by_repeats_with_new_seeds(tmp_path) -> None:
     assert sorted(new["method.params.cov_weight"]) == [1.0, 8.0] and set(new["seed"]) == {1}
     assert set(second.table["status"]) == {"ok"}
     assert second.parent_run_id == first.parent_run_id
-    children = _children(grown, first.parent_run_id)
+    children = child_runs(grown, first.parent_run_id)
     assert sorted(c.data.tags["sweeper.trial_id"] for c in children) == sorted(second.table["trial_id"])
     saved = yaml.safe_load((second.directory / "sweeper.yaml").read_text())
     assert saved["search"]["num_samples"] == 2
@@ -81,4 +72,4 @@ def test_optuna_sweep_grows_and_its_study_continues(tmp_path) -> None:
     assert sorted(t.params["method.params.cov_weight"] for t in study.trials) == sorted(
         second.table["method.params.cov_weight"]
     )
-    assert len(_children(grown, first.parent_run_id)) == 4
+    assert len(child_runs(grown, first.parent_run_id)) == 4

@@ -17,6 +17,7 @@ from sweeper.config._data import IDX_DATASETS, DataConfig
 from sweeper.config._load import load_config, parse_overrides, trial_config
 from sweeper.config._sections import (
     CollapseConfig,
+    ConfirmConfig,
     EvaluationConfig,
     MethodConfig,
     ModelConfig,
@@ -46,6 +47,7 @@ __all__ = [
     "ModelConfig",
     "TrainConfig",
     "CollapseConfig",
+    "ConfirmConfig",
     "EvaluationConfig",
     "ParamSpec",
     "SearchConfig",

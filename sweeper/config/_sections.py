@@ -133,6 +133,15 @@ class Resources(Strict):
     gpu: NonNegativeFloat = 0.0
 
 
+class ConfirmConfig(Strict):
+    """Confirmation of the top trials: after the search, the ``top_k`` configurations the
+    headline rule (``selection.rule``) ranks first are trained again with ``seeds`` new seeds
+    each, and the pick is decided on the seed means."""
+
+    top_k: PositiveInt = 2
+    seeds: PositiveInt = 2
+
+
 class SearchConfig(Strict):
     algorithm: Literal["grid", "optuna", "random"] = "grid"
     objective: str = "rankme/embedding"
@@ -147,6 +156,8 @@ class SearchConfig(Strict):
     # Optuna study storage for algorithm optuna/random: an RDB URL (sqlite:///optuna.db,
     # postgresql://...) or journal:PATH (a journal file; safe for several processes, not on NFS).
     storage: str | None = None
+    # Off by default; a resume (or `sweeper confirm`) may set it on a finished sweep.
+    confirm: ConfirmConfig | None = None
 
     @field_validator("storage")
     @classmethod

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sweeper.names import OOD_MEAN
+from sweeper.names import CONFIRM_PHASE, OOD_MEAN, PHASE
 from sweeper.report._model import (
     RANK_COLUMNS,
     PickGap,
@@ -39,6 +39,7 @@ def format_summary(report: SweepReport) -> str:
         lines += [f"**{note}**", ""]
     if report.picks:
         lines += [_headline_sentence(report), ""]
+    lines += _confirmation_sentences(report)
     if len(report.table):
         lines += ["### Trials", "", markdown_table(report.table[_trial_columns(report)]), ""]
         lines += _configuration_table(report)
@@ -86,6 +87,34 @@ def _headline_sentence(report: SweepReport) -> str:
     return f"{prefix}: {trials} ({params}; {rule_label(rule)}, {pick.metric} = {pick.value:.4g})."
 
 
+def _confirmation_sentences(report: SweepReport) -> list[str]:
+    """What the confirmation trials cost and whether they changed the headline pick."""
+    before = report.before_confirmation
+    if before is None:
+        return []
+    confirm = report.table[report.table[PHASE] == CONFIRM_PHASE]
+    configurations = len(confirm.groupby(list(report.config.search.space), dropna=False))
+    search_epochs, extra = int(before.table["epochs_done"].sum()), int(confirm["epochs_done"].sum())
+    share = f" (+{100 * extra / search_epochs:.0f} %)" if search_epochs else ""
+    (_, old), (_, new) = before.headline, report.headline
+    if old is None or new is None:
+        verdict = "no headline pick to compare"
+    else:
+        verdict = "unchanged" if old.params == new.params else f"changed from {_values(old.params)}"
+    return [
+        "### Confirmation",
+        "",
+        f"{len(confirm)} confirmation trials (the top {configurations} configurations of the headline rule "
+        f"trained again with new seeds): {extra} trial-epochs on top of the search's {search_epochs}{share}. "
+        f"The headline pick on seed means: {_values(new.params) if new is not None else 'none'}, {verdict}.",
+        "",
+    ]
+
+
+def _values(params: dict[str, object]) -> str:
+    return ", ".join(f"{key}={format_value(value)}" for key, value in params.items())
+
+
 def _label_free_columns(columns: Sequence[str]) -> list[str]:
     return [c for c in RANK_COLUMNS if c in columns] + sorted(c for c in columns if c.startswith("label_free/"))
 
@@ -96,6 +125,7 @@ def _trial_columns(report: SweepReport) -> list[str]:
         "trial_id",
         *report.config.search.space,
         "seed",
+        *([PHASE] if report.before_confirmation is not None else []),
         *_label_free_columns(list(table.columns)),
         *report.oracle_metrics,
         "status",

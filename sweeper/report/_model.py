@@ -17,8 +17,10 @@ import pandas as pd
 
 from sweeper.config import SweeperConfig
 from sweeper.names import (
+    CONFIRM_PHASE,
     OK,
     OOD_MEAN,
+    PHASE,
     RANKME_EMBEDDING,
     RANKME_PROTOTYPES,
     RANKME_REPRESENTATION,
@@ -237,6 +239,15 @@ class SweepReport:
         """Kendall τ and Spearman ρ of each label-free metric with each oracle accuracy
         (:func:`correlations`), computed on first use and kept: treat it as read-only."""
         return _rank_accuracy_correlations(self)
+
+    @functools.cached_property
+    def before_confirmation(self) -> SweepReport | None:
+        """The report of the search's trials alone (the picks before ``search.confirm``'s
+        trials) when the sweep has confirmation trials; None otherwise."""
+        if PHASE not in self.table.columns or not (self.table[PHASE] == CONFIRM_PHASE).any():
+            return None
+        search = self.table[self.table[PHASE] != CONFIRM_PHASE].reset_index(drop=True)
+        return SweepReport.build(self.config, search, spectra=self.spectra, directory=self.directory)
 
     def status_counts(self) -> dict[str, int]:
         """``{status: number of trials}``."""

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from ray import cloudpickle, tune
@@ -32,18 +33,29 @@ class TrackingCallback(tune.Callback):
         searched: The searched keys: a child run's params (with the trial's seed).
         parent: The parent run being created; every write waits for it.
         retry_s: How long the end of the sweep retries writes that could not land yet.
+        tags: Tags of every child run it creates (``sweeper.confirm`` for confirmation trials).
     """
 
+    # A callback pickled by an older sweeper (tuner.pkl) has no tags of its own.
+    tags: Mapping[str, str] = MappingProxyType({})
+
     def __init__(
-        self, tracker: SweepTracker, searched: list[str], *, parent: Future[Any] | None = None, retry_s: float = 600.0
+        self,
+        tracker: SweepTracker,
+        searched: list[str],
+        *,
+        parent: Future[Any] | None = None,
+        retry_s: float = 600.0,
+        tags: Mapping[str, str] | None = None,
     ) -> None:
         self.tracker = tracker
         self.searched = searched
+        self.tags = dict(tags or {})
         self.retry_s = retry_s
         self.outbox = TrackingOutbox(wait_for=parent)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.outbox.put(self.tracker.child, trial.trial_id, trial_params(trial.config, self.searched))
+        self.outbox.put(self.tracker.child, trial.trial_id, trial_params(trial.config, self.searched), tags=self.tags)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         self.outbox.put(self.tracker.log_result, trial.trial_id, result, step=int(result["epoch"]))
@@ -73,7 +85,8 @@ class TrackingCallback(tune.Callback):
         for history in histories:
             if history.trial_id in finished:
                 continue
-            self.outbox.put(self.tracker.child, history.trial_id, trial_params(history.config, self.searched))
+            params = trial_params(history.config, self.searched)
+            self.outbox.put(self.tracker.child, history.trial_id, params, tags=self.tags)
             for result in history.results:
                 self.outbox.put(self.tracker.log_result, history.trial_id, result, step=int(result["epoch"]))
             if history.ray_state == "TERMINATED":  # Tune resumes the others (errored ones too)

@@ -26,7 +26,9 @@ def connect(address: str | None) -> bool:
     address = address or os.environ.get("RAY_ADDRESS")
     if not address:
         # An embedded, loopback-only Ray: its start-up warnings (token auth, ...) are noise here.
-        ray.init(include_dashboard=False, logging_level="ERROR")
+        # "local": a new instance even while a `ray start` head runs on this machine, which a
+        # bare ray.init() would join (and lose the sweep with, when that head is stopped).
+        ray.init(address="local", include_dashboard=False, logging_level="ERROR")
         return True
     check_reachable(address)
     try:

@@ -2,7 +2,9 @@
 
 Everything is read from Tune's experiment state on disk (or in the bucket), so it works on a
 finished, a running and an interrupted sweep alike. :func:`read_trials` reads that state once
-for a whole report.
+for a whole report. A sweep holds up to two Tune experiments: the search itself (the sweep
+directory) and its confirmation trials (``confirm/`` in it, :mod:`sweeper.sweep._confirm`); the
+table holds both, told apart by its ``phase`` column.
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ from ray.tune import ExperimentAnalysis
 
 from sweeper.config import SweeperConfig
 from sweeper.errors import SweeperError, SweepError
-from sweeper.names import SPECTRUM_EMBEDDING, is_metric_key, trial_status
+from sweeper.names import CONFIRM_PHASE, PHASE, SEARCH_PHASE, SPECTRUM_EMBEDDING, is_metric_key, trial_status
 from sweeper.storage import SweepLocation
 from sweeper.sweep._state import as_location, tune_filesystem
 
 _ANALYSIS_LOGGER = "ray.tune.analysis.experiment_analysis"
 EXPERIMENT_STATE = "experiment_state-*.json"  # Tune's record of the trials (what Tuner.restore reads)
+CONFIRM_DIR = "confirm"  # the confirmation trials' Tune experiment, inside the sweep directory
 
 
 @dataclass(frozen=True)
@@ -52,31 +55,31 @@ def read_trials(
 ) -> tuple[pd.DataFrame, dict[str, list[float]]]:
     """The trial table (:func:`trial_table`) and the final spectra (:func:`trial_spectra`) of
     the sweep at ``directory``, from one read of Tune's experiment state."""
-    location = as_location(directory)
-    analysis = _analysis(location)
-    return _table(analysis, location, config), _spectra(analysis)
+    experiments = _experiments(as_location(directory))
+    return _table(experiments, config), _spectra(experiments)
 
 
 def trial_table(directory: SweepLocation | Path | str, config: SweeperConfig) -> pd.DataFrame:
     """One row per trial of the sweep at ``directory`` (a path, a URI or a location):
     ``trial_id``, searched keys, final metrics, ``status``, ``epochs_done``, ``wall_s`` (the
-    ``trials.csv`` contract), sorted by ``trial_id``.
+    ``trials.csv`` contract) and ``phase`` (``search``, or ``confirm`` for a confirmation
+    trial), sorted by ``trial_id``.
 
     A metric's final value is its last reported value: a trial that diverged or failed keeps
     the metrics it had.
     """
-    location = as_location(directory)
-    return _table(_analysis(location), location, config)
+    return _table(_experiments(as_location(directory)), config)
 
 
 def trial_spectra(directory: SweepLocation | Path | str) -> dict[str, list[float]]:
     """``{trial_id: singular values}`` of the final embeddings of each trial that reached its
     last epoch (``spectrum/embedding`` of its last Tune result; descending)."""
-    return _spectra(_analysis(as_location(directory)))
+    return _spectra(_experiments(as_location(directory)))
 
 
 def trial_histories(directory: SweepLocation | Path | str) -> list[TrialHistory]:
-    """Every trial of the sweep at ``directory`` with all its reported results."""
+    """Every trial of the Tune experiment at ``directory`` (the search's, or ``confirm/``'s)
+    with all its reported results."""
     analysis = _analysis(as_location(directory))
     frames = analysis.trial_dataframes
     return [
@@ -110,19 +113,30 @@ def check_trial_state(directory: SweepLocation | Path | str) -> int:
 
 
 def trial_errors(directory: SweepLocation | Path | str) -> dict[str, str]:
-    """``{trial_id: "Type: message"}`` of each trial that left an ``error.txt`` (the last
-    exception line Tune wrote there), in trial id order."""
-    location = as_location(directory)
+    """``{trial_id: "Type: message"}`` of each trial (confirmation trials too) that left an
+    ``error.txt`` (the last exception line Tune wrote there), in trial id order."""
+    trials = [
+        (trial, where) for _, analysis, where in _experiments(as_location(directory)) for trial in analysis.trials
+    ]
     errors: dict[str, str] = {}
-    for trial in sorted(_analysis(location).trials, key=lambda trial: trial.trial_id):
+    for trial, where in sorted(trials, key=lambda pair: pair[0].trial_id):
         name = f"{PurePosixPath(trial.path).name}/error.txt"
-        if trial.status == "TERMINATED" or not location.is_file(name):
+        if trial.status == "TERMINATED" or not where.is_file(name):
             continue
-        lines = [line for line in location.read_bytes(name).decode(errors="replace").splitlines() if line.strip()]
+        lines = [line for line in where.read_bytes(name).decode(errors="replace").splitlines() if line.strip()]
         last = next((line for line in reversed(lines) if not line[0].isspace()), "")
         kind, sep, message = last.partition(": ")
         errors[trial.trial_id] = f"{kind.rsplit('.', 1)[-1]}: {message}" if sep and " " not in kind else last
     return errors
+
+
+def _experiments(location: SweepLocation) -> list[tuple[str, ExperimentAnalysis, SweepLocation]]:
+    """``(phase, analysis, where)`` of the search and, once it started, the confirmation."""
+    experiments = [(SEARCH_PHASE, _analysis(location), location)]
+    confirm = location.child(CONFIRM_DIR)
+    if confirm.glob(EXPERIMENT_STATE):
+        experiments.append((CONFIRM_PHASE, _analysis(confirm), confirm))
+    return experiments
 
 
 def _analysis(location: SweepLocation) -> ExperimentAnalysis:
@@ -141,27 +155,37 @@ def _analysis(location: SweepLocation) -> ExperimentAnalysis:
         ) from None
 
 
-def _table(analysis: ExperimentAnalysis, location: SweepLocation, config: SweeperConfig) -> pd.DataFrame:
-    frames = analysis.trial_dataframes
+def _table(experiments: list[tuple[str, ExperimentAnalysis, SweepLocation]], config: SweeperConfig) -> pd.DataFrame:
     keys = list(config.search.space)
     rows = []
-    for trial in analysis.trials:
-        last = trial.last_result or {}
-        row: dict[str, Any] = {"trial_id": trial.trial_id}
-        row |= {key: trial.config.get(key) for key in keys}
-        if "seed" in trial.config:
-            row["seed"] = trial.config["seed"]
-        row |= _final_metrics(frames.get(trial.trial_id))
-        # Tune's last state snapshot can predate a trial's error; its error file cannot.
-        error_file = trial.status != "TERMINATED" and location.is_file(f"{PurePosixPath(trial.path).name}/error.txt")
-        row["status"] = trial_status(trial.status, last, error_file=error_file)
-        row["epochs_done"] = int(last.get("epoch", 0) or 0)
-        row["wall_s"] = round(float(last.get("time_total_s", math.nan)), 2)
-        rows.append(row)
+    for phase, analysis, location in experiments:
+        rows += [_row(trial, analysis.trial_dataframes, location, keys, phase) for trial in analysis.trials]
+    if any(row[PHASE] == CONFIRM_PHASE for row in rows):
+        for row in rows:  # a search trial without a seed of its own ran with the sweep's
+            row.setdefault("seed", config.seed)
     table = pd.DataFrame(rows)
     if len(table):
         table = table.sort_values("trial_id", kind="stable").reset_index(drop=True)
     return table
+
+
+def _row(
+    trial: Any, frames: dict[str, pd.DataFrame], location: SweepLocation, keys: list[str], phase: str
+) -> dict[str, Any]:
+    """One trial's row of the table."""
+    last = trial.last_result or {}
+    row: dict[str, Any] = {"trial_id": trial.trial_id}
+    row |= {key: trial.config.get(key) for key in keys}
+    if "seed" in trial.config:
+        row["seed"] = trial.config["seed"]
+    row |= _final_metrics(frames.get(trial.trial_id))
+    # Tune's last state snapshot can predate a trial's error; its error file cannot.
+    error_file = trial.status != "TERMINATED" and location.is_file(f"{PurePosixPath(trial.path).name}/error.txt")
+    row["status"] = trial_status(trial.status, last, error_file=error_file)
+    row["epochs_done"] = int(last.get("epoch", 0) or 0)
+    row["wall_s"] = round(float(last.get("time_total_s", math.nan)), 2)
+    row[PHASE] = phase
+    return row
 
 
 def _final_metrics(history: pd.DataFrame | None) -> dict[str, float]:
@@ -177,9 +201,9 @@ def _final_metrics(history: pd.DataFrame | None) -> dict[str, float]:
     return final
 
 
-def _spectra(analysis: ExperimentAnalysis) -> dict[str, list[float]]:
+def _spectra(experiments: list[tuple[str, ExperimentAnalysis, SweepLocation]]) -> dict[str, list[float]]:
     spectra: dict[str, list[float]] = {}
-    for trial in analysis.trials:
+    for trial in (trial for _, analysis, _ in experiments for trial in analysis.trials):
         values = (trial.last_result or {}).get(SPECTRUM_EMBEDDING)
         if isinstance(values, list | tuple) and values:
             spectra[trial.trial_id] = [float(v) for v in values]

@@ -12,6 +12,7 @@ ends it with :class:`SweepInterrupted` (runs marked KILLED, Tune's state saved f
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import signal
@@ -29,16 +30,24 @@ from ray import tune
 from sweeper import report
 from sweeper.config import DataConfig, SweeperConfig
 from sweeper.errors import DataError, StorageError, SweepError
-from sweeper.names import OK, UNFINISHED_STATUSES
+from sweeper.names import OK, PHASE, SEARCH_PHASE, UNFINISHED_STATUSES
 from sweeper.selection import Pick
 from sweeper.storage import SweepLocation, check_database_url
 from sweeper.sweep._callback import TrackingCallback
 from sweeper.sweep._claim import SweepClaim, claim_sweep, no_resumable_sweep
 from sweeper.sweep._cluster import check_cluster, connect
+from sweeper.sweep._confirm import confirmation_plan, saved_plan
 from sweeper.sweep._grow import check_search_state
 from sweeper.sweep._progress import ProgressView, tune_console
 from sweeper.sweep._publish import publish_report, sweep_report
-from sweeper.sweep._results import check_trial_state, trial_errors, trial_histories
+from sweeper.sweep._results import (
+    CONFIRM_DIR,
+    EXPERIMENT_STATE,
+    check_trial_state,
+    trial_errors,
+    trial_histories,
+    trial_table,
+)
 from sweeper.sweep._state import (
     CONFIG_FILE,
     changed_keys,
@@ -47,10 +56,11 @@ from sweeper.sweep._state import (
     sweep_location,
     tune_filesystem,
 )
-from sweeper.sweep._tuner import make_tuner
-from sweeper.tracking import SweepTracker, check_tracking_uri
+from sweeper.sweep._tuner import make_confirm_tuner, make_tuner
+from sweeper.tracking import CONFIRM_TAG, SweepTracker, check_tracking_uri
 
 _T = TypeVar("_T")
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -172,11 +182,13 @@ def _run_claimed(
     try:
         check_cluster(config, location)
         _run_trials(config, location, tracker, saved=saved, verbose=verbose, progress=progress)
+        if config.search.confirm is not None:
+            _run_confirmation(config, location, tracker, verbose=verbose, progress=progress)
         if started_ray:  # Ray is done: stop it while the report is written (both take ~1.5 s)
             shutdown = threading.Thread(target=ray.shutdown, name="ray-shutdown")
             shutdown.start()
         sweep = sweep_report(location, config)
-        if _interrupted(sweep.table, config):  # Ctrl-C: Tune stopped the trials and saved its state
+        if _interrupted(sweep.table, config, location):  # Ctrl-C: Tune stopped the trials and saved its state
             raise SweepInterrupted(location)
         publish_report(sweep, tracker, location=location)
         tracker.finish_parent()
@@ -224,6 +236,33 @@ def _run_trials(
         callback = TrackingCallback(tracker, list(config.search.space), parent=parent)
         tuner = make_tuner(config, location, callback, saved=None, verbose=verbose, progress=view)
         save_sweep_config(location, config)
+    _fit(tuner, view, verbose=verbose)
+    if parent is not None:
+        parent.result()
+
+
+def _run_confirmation(
+    config: SweeperConfig, location: SweepLocation, tracker: SweepTracker, *, verbose: int, progress: bool
+) -> None:
+    """Train the confirmation trials of ``search.confirm`` (:mod:`sweeper.sweep._confirm`)
+    once every search trial has finished: planned and saved on the first run, restored after."""
+    table = trial_table(location, config)
+    if not len(table) or table.loc[table[PHASE] == SEARCH_PHASE, "status"].isin(UNFINISHED_STATUSES).any():
+        return  # interrupted: the search resumes first (the caller raises SweepInterrupted)
+    plan = confirmation_plan(location, table, config)
+    if not plan.points:
+        _log.warning("nothing to confirm in sweep %s: no trial finished ok", config.name)
+        return
+    where = location.child(CONFIRM_DIR)
+    callback = TrackingCallback(tracker, list(config.search.space), tags={CONFIRM_TAG: "true"})
+    if where.glob(EXPERIMENT_STATE):  # restored: replay what the tracking store may lack
+        callback.replay(trial_histories(where))
+    view = _progress_view(config, confirming=len(plan.points)) if progress else None
+    tuner = make_confirm_tuner(config, where, callback, points=plan.points, verbose=verbose, progress=view)
+    _fit(tuner, view, verbose=verbose)
+
+
+def _fit(tuner: tune.Tuner, view: ProgressView | None, *, verbose: int) -> None:
     interrupt_handler = signal.getsignal(signal.SIGINT)
     try:
         with tune_console(verbose=verbose):
@@ -235,17 +274,19 @@ def _run_trials(
             # Tune's own handler (first Ctrl-C: stop the trials, save the state) outlives a
             # fit that ended normally; Ctrl-C while the report is written must interrupt.
             signal.signal(signal.SIGINT, interrupt_handler)
-    if parent is not None:
-        parent.result()
 
 
-def _interrupted(table: pd.DataFrame, config: SweeperConfig) -> bool:
+def _interrupted(table: pd.DataFrame, config: SweeperConfig, location: SweepLocation) -> bool:
     """Whether Tune's saved state shows trials that did not run to their end (a Ctrl-C: Tune
-    stops the running trials, saves its state and returns as if finished)."""
+    stops the running trials, saves its state and returns as if finished), the confirmation's
+    included once it started."""
     search = config.search
     expected = search.num_samples
     if search.algorithm == "grid":  # num_samples repeats of the grid
         expected *= math.prod(len(spec.values or ()) for spec in search.space.values())
+    if search.confirm is not None:
+        plan = saved_plan(location)
+        expected += len(plan.points) if plan is not None else 0
     unfinished = len(table) > 0 and bool(table["status"].isin(UNFINISHED_STATUSES).any())
     return unfinished or len(table) < expected
 
@@ -272,9 +313,9 @@ def _restore(
         ) from None
 
 
-def _progress_view(config: SweeperConfig) -> ProgressView:
+def _progress_view(config: SweeperConfig, *, confirming: int = 0) -> ProgressView:
     return ProgressView(
-        name=config.name,
+        name=f"{config.name} confirmation ({confirming} trials)" if confirming else config.name,
         searched=list(config.search.space),
         epochs=config.train.epochs,
         max_concurrent=config.search.max_concurrent,

@@ -25,7 +25,13 @@ from sweeper.yamlio import read_yaml
 
 CONFIG_FILE = "sweeper.yaml"
 # Keys a resumed sweep may change; everything else defines the trials and must stay.
-RESUMABLE_CHANGES = ("search.max_concurrent", "search.max_failures", "search.num_samples", "tracking.uri")
+RESUMABLE_CHANGES = (
+    "search.confirm",
+    "search.max_concurrent",
+    "search.max_failures",
+    "search.num_samples",
+    "tracking.uri",
+)
 # Set from where the sweep is found (a moved or remounted sweep resumes in place).
 _WHERE_KEYS = {"storage_path", "name"}
 

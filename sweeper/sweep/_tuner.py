@@ -76,6 +76,44 @@ def make_tuner(
     return _with_progress(tuner, progress)
 
 
+def make_confirm_tuner(
+    config: SweeperConfig,
+    location: SweepLocation,
+    callback: TrackingCallback,
+    *,
+    points: list[dict[str, Any]],
+    verbose: int,
+    progress: tune.Callback | None = None,
+) -> tune.Tuner:
+    """The Tuner of the sweep's confirmation trials, a Tune experiment of its own at
+    ``location`` (the sweep's ``confirm/``): exactly ``points``, each a trial config (the
+    searched values and a new seed), run to their last epoch (no scheduler); restored when it
+    was started before."""
+    if tune.Tuner.can_restore(location.path, storage_filesystem=tune_filesystem(location)):
+        tuner = tune.Tuner.restore(
+            location.path, _trainable(config), resume_errored=True, storage_filesystem=tune_filesystem(location)
+        )
+        # A Ray Client Tuner keeps the callback it was pickled with: it logs to the same runs.
+        _use_on_resume(tuner, config, callback, verbose=verbose)
+        return _with_progress(tuner, progress)
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    tuner = tune.Tuner(
+        _trainable(config),
+        # Tune sets a point's values only on keys the space has: placeholders, each overwritten.
+        param_space=dict.fromkeys(key for point in points for key in point),
+        tune_config=tune.TuneConfig(
+            metric=_OBJECTIVE,
+            mode="max",
+            num_samples=len(points),  # each point replaces one sample
+            search_alg=BasicVariantGenerator(points_to_evaluate=points, max_concurrent=_max_concurrent(config)),
+            reuse_actors=True,
+        ),
+        run_config=_run_config(config, location, callback, verbose=verbose),
+    )
+    return _with_progress(tuner, progress)
+
+
 def _with_progress(tuner: tune.Tuner, progress: tune.Callback | None) -> tune.Tuner:
     """``tuner`` with the ``progress`` callback added; a Ray Client Tuner, which runs remotely,
     draws nothing here."""
@@ -103,15 +141,22 @@ def _new_tuner(
             # trial: ~4 s of process start-up and imports saved per trial.
             reuse_actors=True,
         ),
-        run_config=tune.RunConfig(
-            name=config.name,
-            storage_path=str(PurePosixPath(location.path).parent),
-            storage_filesystem=tune_filesystem(location),
-            callbacks=[callback],
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            failure_config=_failure_config(config),
-            verbose=verbose,
-        ),
+        run_config=_run_config(config, location, callback, verbose=verbose),
+    )
+
+
+def _run_config(
+    config: SweeperConfig, location: SweepLocation, callback: TrackingCallback, *, verbose: int
+) -> tune.RunConfig:
+    """The run config of the Tune experiment at ``location`` (the sweep's, or its confirmation's)."""
+    return tune.RunConfig(
+        name=location.name,
+        storage_path=str(PurePosixPath(location.path).parent),
+        storage_filesystem=tune_filesystem(location),
+        callbacks=[callback],
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        failure_config=_failure_config(config),
+        verbose=verbose,
     )
 
 

@@ -105,7 +105,7 @@ def test_eight_concurrent_trials_on_postgres(tmp_path: Path) -> None:
         # MLflow migrates its PostgreSQL schema while Ray starts (2 CPUs, as in tests/conftest.py).
         server = start_mlflow(root, port, backend_uri=f"{postgres}/mlflow", wait=False)
         try:
-            ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+            ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
             wait_mlflow(server, root, port)
             data = tiny_config_data(tmp_path, name="pg-concurrent")
             data["search"] = {

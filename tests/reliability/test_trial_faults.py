@@ -37,6 +37,7 @@ def fault_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     ray = pytest.importorskip("ray")
     directory = tmp_path_factory.mktemp("faults")
     ray.init(
+        address="local",
         num_cpus=2,
         include_dashboard=False,
         logging_level="WARNING",
