@@ -178,15 +178,15 @@ def _run_claimed(
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     tracker = SweepTracker(uri=config.tracking.uri, experiment=config.experiment_name, sweep=config.name)
     started_ray = connect(address)
-    shutdown: threading.Thread | None = None
     try:
         check_cluster(config, location)
         _run_trials(config, location, tracker, saved=saved, verbose=verbose, progress=progress)
         if config.search.confirm is not None:
             _run_confirmation(config, location, tracker, verbose=verbose, progress=progress)
-        if started_ray:  # Ray is done: stop it while the report is written (both take ~1.5 s)
-            shutdown = threading.Thread(target=ray.shutdown, name="ray-shutdown")
-            shutdown.start()
+        if started_ray:  # Ray is done. Stopped in this thread, before the report: Ray's frontend
+            # used from one thread while another shuts it down ends the whole process (exit 1).
+            ray.shutdown()
+            started_ray = False
         sweep = sweep_report(location, config)
         if _interrupted(sweep.table, config, location):  # Ctrl-C: Tune stopped the trials and saved its state
             raise SweepInterrupted(location)
@@ -205,9 +205,7 @@ def _run_claimed(
                 raise SweepInterrupted(location) from None  # a second Ctrl-C: Tune's last saved state stands
         raise
     finally:
-        if shutdown is not None:
-            shutdown.join()
-        elif started_ray:
+        if started_ray:
             ray.shutdown()
 
 
