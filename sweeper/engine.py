@@ -73,6 +73,7 @@ class EpochResult:
     status: str = RUNNING
     evaluated: bool = False
     spectrum: list[float] | None = None  # final result: singular values of the embeddings
+    oracle_skipped: str | None = None  # final result: why the labelled probes did not run
 
     @property
     def done(self) -> bool:
@@ -224,6 +225,7 @@ class Trainer:
                 status=OK if last else RUNNING,
                 evaluated=evaluated,
                 spectrum=spectrum,
+                oracle_skipped=self.evaluator.oracle_skipped if last else None,
             )
 
     def _collapsed(self, rank: float) -> bool:

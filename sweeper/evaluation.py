@@ -236,6 +236,8 @@ class Evaluator:
         ood_linear: list[float] = []
         for index, splits in enumerate([self.data, *self.ood_splits]):
             train, test = splits.train, splits.test
+            if splits.unlabelled_reason is not None or test is None:  # see oracle_skipped
+                continue
             train_x, test_x = self.representations(train), self.representations(test)
             if "linear" in evaluation.oracle:
                 accuracy = linear_probe_accuracy(
@@ -258,6 +260,17 @@ class Evaluator:
         metrics["time/oracle_s"] = time.perf_counter() - started
         return metrics
 
+    @property
+    def oracle_skipped(self) -> str | None:
+        """Why the configured probes do not run on some data set (no labels, no test split):
+        the reasons joined, or None when every probe runs (or none is configured). Labels are
+        never invented."""
+        if not self.evaluation.oracle:
+            return None
+        reasons = [splits.unlabelled_reason for splits in [self.data, *self.ood_splits]]
+        found = [reason for reason in reasons if reason is not None]
+        return "; ".join(found) + ": the labelled probes are skipped" if found else None
+
     @cached_property
     def ood_splits(self) -> list[DatasetSplits]:
         """``evaluation.oracle_datasets``, loaded once, at ``image_size`` with the backbone's
@@ -274,7 +287,7 @@ class Evaluator:
             names.add(name)
             if not splits.streamed:  # streamed splits are converted batch by batch
                 train, test = (
-                    LabelledImages(_to_channels(part.images, channels), part.labels)
+                    None if part is None else LabelledImages(_to_channels(part.images, channels), part.labels)
                     for part in (splits.train, splits.test)
                 )
                 splits = replace(splits, train=train, test=test)

@@ -1,10 +1,11 @@
 """The hyperparameters of each SSL method: names, types, defaults and valid ranges.
 
-One pydantic model per method, keyed by method name in :data:`METHOD_PARAMS`: the one place
-the method names are declared (``config.MethodName`` is derived from its keys, and
-:mod:`sweeper.methods` checks its registry against them at import). The config validates
-``method.params`` (and search-space keys ``method.params.<name>``) against these; the method
-classes take exactly these fields as keyword arguments. Layer 0: pydantic only.
+One pydantic model per built-in method, each the ``hyperparameters`` of its class and listed
+beside it in :data:`sweeper.registry.BUILTIN_METHODS` (the one list of method names, read
+without importing torch). The config validates ``method.params`` (and search-space keys
+``method.params.<name>``) against these; the method classes take exactly these fields as
+keyword arguments. A plugin method declares its own model the same way, deriving from
+:class:`MethodParams`. Layer 0: pydantic only.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
-    "METHOD_PARAMS",
     "BYOLParams",
     "BarlowTwinsParams",
     "CARPParams",
@@ -36,6 +36,9 @@ Fraction = Annotated[float, Field(ge=0, le=1)]
 
 
 class MethodParams(BaseModel):
+    """The base of every method's hyperparameters: unknown names refused, defaults validated.
+    A plugin's model derives from it (``sweeper.MethodParams``) with the papers' defaults."""
+
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
@@ -161,16 +164,3 @@ class CARPParams(MethodParams):
                 "a partition block cannot hold more prototypes than there are"
             )
         return self
-
-
-METHOD_PARAMS: dict[str, type[MethodParams]] = {
-    "simclr": SimCLRParams,
-    "vicreg": VICRegParams,
-    "vicreg_exp": VICRegExpParams,
-    "vicreg_ctr": VICRegCtrParams,
-    "barlow_twins": BarlowTwinsParams,
-    "byol": BYOLParams,
-    "dino": DINOParams,
-    "swav": SwAVParams,
-    "carp": CARPParams,
-}

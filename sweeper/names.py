@@ -41,6 +41,7 @@ __all__ = [
     "objective_value",
     "oracle_key",
     "OOD_MEAN",
+    "ORACLE_SKIPPED",
     "trial_status",
 ]
 
@@ -67,6 +68,9 @@ RANKME_EMBEDDING_CLIPPED = "rankme/embedding_clipped"  # clipped at the represen
 RANKME_REPRESENTATION = "rankme/representation"
 RANKME_PROTOTYPES = "rankme/prototypes"
 SPECTRUM_EMBEDDING = "spectrum/embedding"  # a list: reported to Tune, never to MLflow or the CSV
+# Why a trial's labelled probes did not run (no labels, no test split): a trials.csv column, the
+# parent run's tag sweeper.oracle_skipped, a line of the report; absent when they ran.
+ORACLE_SKIPPED = "oracle_skipped"
 OOD_MEAN = "oracle/linear/ood_mean"
 # RankMe as the rules read it: the clipped value where a trial reported it.
 RANKME_SELECTION_METRICS: tuple[str, ...] = (RANKME_EMBEDDING_CLIPPED, RANKME_EMBEDDING)

@@ -38,7 +38,7 @@ from ray import tune
 
 from sweeper.config import SweeperConfig, trial_config
 from sweeper.engine import EpochResult, Trainer
-from sweeper.names import RANKME_EMBEDDING, RUNNING, SPECTRUM_EMBEDDING, objective_value
+from sweeper.names import ORACLE_SKIPPED, RANKME_EMBEDDING, RUNNING, SPECTRUM_EMBEDDING, objective_value
 
 __all__ = ["CHECKPOINT_FILE", "TRAIN_RUN", "TrialOutOfMemoryError", "train_trial", "train_worker"]
 
@@ -145,7 +145,12 @@ def _run_epochs(config: SweeperConfig, trainer: Trainer, report: _Report) -> Non
         if result.done or result.epoch % every == 0:
             # Every worker takes the state: a collective in a data-parallel trial.
             state = trainer.state_dict()
-            state[_LAST_RESULT] = {"status": result.status, "evaluated": result.evaluated, "spectrum": result.spectrum}
+            state[_LAST_RESULT] = {
+                "status": result.status,
+                "evaluated": result.evaluated,
+                "spectrum": result.spectrum,
+                "oracle_skipped": result.oracle_skipped,
+            }
             report(metrics, state)
         else:
             report(metrics, None)
@@ -166,6 +171,7 @@ def _replay(config: SweeperConfig, trainer: Trainer, report: _Report, last: dict
             status=end.get("status", RUNNING),
             evaluated=end.get("evaluated", RANKME_EMBEDDING in row),
             spectrum=end.get("spectrum"),
+            oracle_skipped=end.get("oracle_skipped"),
         )
         metrics = _result_report(config, result, latest, node_id=node_id, workers=trainer.world_size)
         report({**metrics, "replayed": True}, None)
@@ -258,12 +264,15 @@ def _out_of_memory_message(config: SweeperConfig, exc: BaseException) -> str:
 def _result_report(
     config: SweeperConfig, result: EpochResult, latest: dict[str, float], *, node_id: str, workers: int = 1
 ) -> dict[str, Any]:
-    """What one epoch reports to Tune: its metrics (the final spectrum as a list), ``epoch``,
+    """What one epoch reports to Tune: its metrics (the final spectrum as a list, and why the
+    oracle was skipped, if it was), ``epoch``,
     ``status``, ``evaluated``, the ``objective`` from the latest value of every metric, the
     node it ran on (rank 0's) and, for a data-parallel trial, its number of ``workers``."""
     spectrum = {SPECTRUM_EMBEDDING: result.spectrum} if result.spectrum is not None else {}
+    skipped = {ORACLE_SKIPPED: result.oracle_skipped} if result.oracle_skipped else {}
     return {
         **spectrum,
+        **skipped,
         **result.metrics,
         "node_id": node_id,
         **({"workers": workers} if workers > 1 else {}),

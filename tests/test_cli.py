@@ -31,7 +31,7 @@ def sweeper(*args: str, cwd: Path, timeout: float = 300) -> subprocess.Completed
 BAD_CONFIGS = {
     "unknown key": ({"trian": {"epochs": 1}}, "trian: unknown key (did you mean 'train'?)"),
     "wrong type": ({"train": {"epochs": "ten"}}, "train.epochs: Input should be a valid integer"),
-    "unknown method": ({"method": {"name": "mocov9"}}, "method.name: Input should be"),
+    "unknown method": ({"method": {"name": "mocov9"}}, "method.name: unknown method 'mocov9'"),
     "missing root": (
         {"data": {"dataset": "cifar10", "root": "/no/data/here"}},
         "'/no/data/here' does not exist",

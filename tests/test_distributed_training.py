@@ -13,14 +13,14 @@ import torch
 from torch.multiprocessing import ProcessRaisedException
 
 from sweeper import distributed
-from sweeper.config import SweeperConfig, load_config
+from sweeper.config import SweeperConfig
 from sweeper.data import load_dataset
 from sweeper.engine import Trainer
-from sweeper.methods import METHODS
 from sweeper.metrics import rankme
 from sweeper.names import RANKME_EMBEDDING, TRAIN_LOSS
+from sweeper.registry import BUILTIN_METHODS
+from sweeper.testing import BATCH, Equivalence, ddp_equivalence, method_config
 
-BATCH = 32
 STEPS = 2
 # Small heads; every prototype layer trains from the first step; SwAV's queue (one global
 # batch long) is full, and used, at the second step; DINO and SwAV with two local crops.
@@ -39,91 +39,35 @@ PARAMS: dict[str, dict[str, Any]] = {
 
 
 def _config(method: str, **train: Any) -> SweeperConfig:
-    return load_config(
-        data={
-            "name": f"ddp-{method}",
-            "data": {"image_size": 8},
-            "method": {"name": method, "params": PARAMS.get(method, {})},
-            "model": {"projector": [32, 16]},
-            # SGD: Adam's first step is lr·sign(g), which turns rounding-level gradients into
-            # lr-sized weight differences; the loss and its gradients are what is compared.
-            "train": {"epochs": 2, "batch_size": BATCH, "optimizer": "sgd", "lr": 0.05, "warmup_epochs": 0, **train},
-            "evaluation": {"every_n_epochs": 1, "rankme_samples": 300, "oracle": []},
-            "selection": {"rule": "max"},
-        }
-    )
-
-
-def _steps(trainer: Trainer, views_per_step: list[list[torch.Tensor]]) -> list[float]:
-    """The global batch's loss of each step (this process's rows of ``views_per_step``)."""
-    trainer.method.train()
-    losses = []
-    for step, views in enumerate(views_per_step):
-        rows = distributed.shard(len(views[0]))
-        loss = trainer.train_step([view[rows] for view in views], progress=step / trainer.total_steps)
-        losses.append(float(distributed.all_reduce_(loss.detach().clone())) / distributed.world_size())
-    return losses
+    config = method_config(method, params=PARAMS.get(method, {}), projector=(32, 16), image_size=8)
+    return config.with_overrides({f"train.{key}": value for key, value in train.items()})
 
 
 def _state(trainer: Trainer) -> dict[str, torch.Tensor]:
     return {key: value.detach().clone() for key, value in trainer.method.state_dict().items()}
 
 
-def _views_and_reference(method: str) -> tuple[list[list[torch.Tensor]], dict[str, Any]]:
-    """Fixed views of the first STEPS batches, and one process's losses and final state."""
-    config = _config(method)
-    trainer = Trainer(config, device="cpu")
-    after_init = torch.get_rng_state()  # what rank 0's trainer starts from (CARP draws from it)
-    images = trainer.data.train.images
-    torch.manual_seed(123)
-    views = [trainer.augment(images[step * BATCH : (step + 1) * BATCH]) for step in range(STEPS)]
-    initial = _state(trainer)
-    torch.set_rng_state(after_init)
-    losses = _steps(trainer, views)
-    return views, {"losses": losses, "initial": initial, "state": _state(trainer)}
-
-
-def _on_each_process(views_by_method: dict[str, list[list[torch.Tensor]]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for method, views in views_by_method.items():
-        trainer = Trainer(_config(method), device="cpu")
-        out[method] = {"losses": _steps(trainer, views), "state": _state(trainer)}
-    return out
-
-
 @pytest.fixture(scope="module")
-def equivalence() -> dict[str, Any]:
+def equivalence() -> dict[str, Equivalence]:
     torch.set_num_threads(1)
-    inputs, references = {}, {}
-    for method in METHODS:
-        inputs[method], references[method] = _views_and_reference(method)
-    return {"reference": references, "processes": distributed.spawn(_on_each_process, inputs, world_size=2)}
+    methods = list(BUILTIN_METHODS)
+    return dict(zip(methods, ddp_equivalence([_config(method) for method in methods], steps=STEPS), strict=True))
 
 
-@pytest.mark.parametrize("method", list(METHODS))
-def test_two_processes_train_as_one_with_the_global_batch(equivalence: dict[str, Any], method: str) -> None:
-    reference = equivalence["reference"][method]
-    for result in (process[method] for process in equivalence["processes"]):
-        for got, expected in zip(result["losses"], reference["losses"], strict=True):
-            assert abs(got - expected) <= 1e-5 * abs(expected), (method, result["losses"], reference["losses"])
-        for key, expected in reference["state"].items():
-            if key == "queue" or not expected.is_floating_point():
-                continue
-            difference = float((result["state"][key] - expected).abs().max()) if expected.numel() else 0.0
-            assert difference <= 1e-5, (method, key, difference)
+@pytest.mark.parametrize("method", list(BUILTIN_METHODS))
+def test_two_processes_train_as_one_with_the_global_batch(equivalence: dict[str, Equivalence], method: str) -> None:
+    result = equivalence[method]
+    assert result.problem is None, (method, result.problem)
+    assert len(result.rank_losses) == 2 and all(len(losses) == STEPS for losses in result.rank_losses)
+    assert result.max_weight_difference <= 1e-5, method
     # The comparison has teeth: the two steps moved the weights far more than the tolerance.
-    moved = max(
-        float((reference["state"][key] - value).abs().max())
-        for key, value in reference["initial"].items()
-        if value.is_floating_point() and value.numel()
-    )
-    assert moved > 1e-3
+    assert result.moved > 1e-3
 
 
-def test_swav_queues_together_hold_the_single_process_queue(equivalence: dict[str, Any]) -> None:
-    expected = equivalence["reference"]["swav"]["state"]["queue"]
+def test_swav_queues_together_hold_the_single_process_queue(equivalence: dict[str, Equivalence]) -> None:
+    expected = equivalence["swav"].state["queue"]
     half = BATCH // 2
-    parts = [process["swav"]["state"]["queue"][:, :half] for process in equivalence["processes"]]
+    parts = [state["queue"][:, :half] for state in equivalence["swav"].rank_states]
     torch.testing.assert_close(torch.cat(parts, dim=1), expected, rtol=0, atol=1e-5)
 
 

@@ -17,6 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "sweeper"
 LAYERS = {
     "errors": 0,
     "names": 0,
+    "registry": 0,  # component names, entry points, import paths (importlib only)
     "yamlio": 0,
     "config": 0,
     "hyperparams": 0,
@@ -34,6 +35,7 @@ LAYERS = {
     "tracking": 2,
     "trainable": 3,
     "objective": 3,
+    "testing": 3,  # sweeper.testing.check_method: the method contract, through the engine
     "sweep": 3,
     "report": 3,
     "submit": 3,
@@ -43,6 +45,7 @@ LAYERS = {
 
 LOW_LAYERS = [
     "sweeper.config",
+    "sweeper.registry",
     "sweeper.storage",
     "sweeper.hyperparams",
     "sweeper.selection",

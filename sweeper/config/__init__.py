@@ -2,8 +2,9 @@
 
 A config is a YAML file of the shape in DESIGN.md. :func:`load_config` reads it, applies
 ``--set dotted.key=value`` overrides and validates everything a sweep needs *before* anything
-is written: unknown keys (with the closest valid key suggested), types, ranges, the method's
-hyperparameter names, the search space (each value typed as its hyperparameter), the selection
+is written: unknown keys (with the closest valid key suggested), types, ranges, the components
+(methods, backbones, data sets: built-in, plugin or import path, :mod:`sweeper.registry`) and
+the method's hyperparameter names, the search space (each value typed as its hyperparameter), the selection
 parameter, the objective (a metric the trials will report), and that no value is non-finite,
 holds a control character or carries credentials in a URI. Relative paths (``data.root``, a
 local ``storage_path``, sqlite/journal stores) are made absolute once, at load, so trial workers
@@ -31,7 +32,6 @@ from sweeper.config._sections import (
 from sweeper.config._sweep import SweeperConfig
 from sweeper.config._types import LABEL_FREE_METRICS
 from sweeper.errors import ConfigError
-from sweeper.hyperparams import METHOD_PARAMS
 
 __all__ = [
     "ConfigError",
@@ -39,7 +39,6 @@ __all__ = [
     "load_config",
     "parse_overrides",
     "trial_config",
-    "METHOD_PARAMS",
     "LABEL_FREE_METRICS",
     "IDX_DATASETS",
     "DataConfig",

@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from sweeper import registry
+from sweeper.config._checks import located
 from sweeper.config._paths import AbsolutePath
-from sweeper.config._types import DatasetName, NonNegativeInt, PositiveInt, Strict
+from sweeper.config._types import NonNegativeInt, PositiveInt, Strict, resolving, search_dirs
+from sweeper.errors import ConfigError
 
 # The MNIST-format data sets, read from IDX files, and their torchvision folder (<root>/<folder>/raw/).
 IDX_DATASETS: dict[str, str] = {"fashion_mnist": "FashionMNIST", "mnist": "MNIST"}
 
 
 class DataConfig(Strict):
-    dataset: DatasetName = "digits"
+    # A built-in data set, a registered name, an entry point or module:factory (a plugin, whose
+    # arguments are dataset_args; see sweeper.data.load_dataset).
+    dataset: str = "digits"
+    dataset_args: dict[str, Any] = Field(default_factory=dict)
     root: AbsolutePath | None = None
     image_size: Annotated[int, Field(ge=8, le=1024)] = 16
     # A class-balanced random subset of the train split, this many images per class (None: all),
@@ -36,6 +42,31 @@ class DataConfig(Strict):
     in_memory: bool | Literal["auto"] = "auto"
     num_workers: NonNegativeInt | None = None  # decoding workers; None: min(4, CPUs - 1)
 
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, name: str, info: ValidationInfo) -> str:
+        if not resolving(info):
+            return name
+        try:
+            return registry.resolve("dataset", name, search_dirs=search_dirs(info)).target
+        except ConfigError as exc:
+            raise located((), str(exc).partition(": ")[2]) from None
+
+    @property
+    def builtin(self) -> bool:
+        """A data set sweeper ships (its files come from ``root``), not a plugin's factory."""
+        return registry.is_builtin("dataset", self.dataset)
+
+    @property
+    def display_name(self) -> str:
+        """The data set's name in metric keys (``oracle/linear/<name>``) and reports: an
+        ImageFolder's root folder, a plugin's factory name, else the built-in name."""
+        if self.dataset == "imagefolder" and self.root is not None:
+            return Path(self.root).expanduser().name
+        if not self.builtin:
+            return self.dataset.rpartition(":")[2].rpartition(".")[2]
+        return self.dataset
+
     @field_validator("crop_scale", "local_crop_scale")
     @classmethod
     def _area_range(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
@@ -55,21 +86,44 @@ class DataConfig(Strict):
         return self
 
     @model_validator(mode="after")
-    def _root_exists(self) -> DataConfig:
-        if self.dataset == "digits":
-            return self
-        if self.dataset in IDX_DATASETS:
-            if self.idx_files() is None:
-                raise ValueError(self.missing_idx_message(key="root"))  # ConfigError prefixes "data: "
-            return self
-        if self.root is None:
-            raise ValueError(f"dataset {self.dataset!r} needs a local data root: set data.root to its directory")
-        if not Path(self.root).expanduser().is_dir():
+    def _arguments_fit(self) -> DataConfig:
+        if self.builtin and self.dataset_args:
             raise ValueError(
+                f"dataset_args are the arguments of a data-set plugin's factory; the built-in {self.dataset} "
+                "takes none: remove them (its settings are data.root, data.train_per_class, ...)"
+            )
+        if not self.builtin and self.root is not None:
+            raise ValueError(
+                "data.root is for the built-in data sets; a plugin's factory takes its arguments (a root "
+                "included) from data.dataset_args"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _root_exists(self, info: ValidationInfo) -> DataConfig:
+        # A saved sweep read elsewhere (status, compare) needs no data: the run's preflight
+        # checks the roots, on the machine that trains.
+        if not resolving(info):
+            return self
+        problem = self.root_problem()
+        if problem is not None:
+            raise ValueError(problem)
+        return self
+
+    def root_problem(self, *, key: str = "root") -> str | None:
+        """What ``root`` lacks for a built-in data set that reads files (None: nothing)."""
+        if self.dataset == "digits" or not self.builtin:
+            return None
+        if self.dataset in IDX_DATASETS:
+            return self.missing_idx_message(key=key) if self.idx_files() is None else None
+        if self.root is None:
+            return f"dataset {self.dataset!r} needs a local data root: set data.root to its directory"
+        if not Path(self.root).expanduser().is_dir():
+            return (
                 f"data root {str(self.root)!r} does not exist: point data.root at the "
                 f"{self.dataset} directory (nothing is downloaded)"
             )
-        return self
+        return None
 
     def idx_files(self) -> dict[str, tuple[Path, Path]] | None:
         """fashion_mnist, mnist: the (images, labels) IDX files of the ``train`` and ``test``

@@ -36,37 +36,49 @@ def load_config(
     *,
     overrides: Mapping[str, Any] | Sequence[str] = (),
     data: Mapping[str, Any] | None = None,
+    resolve: bool = True,
 ) -> SweeperConfig:
     """Read a YAML config (or take ``data``), apply overrides and validate it.
 
     The search space comes back typed: each grid value (and range bound) is validated as, and
     converted to, its hyperparameter's type (``"1e-4"`` for ``train.lr`` is ``0.0001``).
 
+    Components are resolved (:mod:`sweeper.registry`): the ``plugins`` imported, each method,
+    backbone and data-set name turned into its canonical target, a plugin method's params
+    validated by its class, data roots checked. ``resolve=False`` reads a saved sweep's config
+    as it is, importing nothing and checking no data root (``sweeper status``, ``compare``).
+    A plugin module that is not importable by name is looked for beside the config file, then
+    in the current directory.
+
     Raises :class:`ConfigError` with one line naming the key and the fix.
     """
+    search = ()
     if data is None:
         if path is None:
             raise ConfigError("no config given: pass a YAML file, e.g. configs/quickstart.yaml")
         data = _read_file(Path(path))
+        search = (Path(path).expanduser().resolve().parent,)
     if not isinstance(overrides, Mapping):
         overrides = parse_overrides(overrides)
-    config = validate(apply_overrides(copy.deepcopy(dict(data)), overrides))
-    return _typed_search_space(config)
+    config = validate(apply_overrides(copy.deepcopy(dict(data)), overrides), resolve=resolve, search_dirs=search)
+    return _typed_search_space(config, search_dirs=search)
 
 
 def trial_config(base: Mapping[str, Any], params: Mapping[str, Any]) -> SweeperConfig:
     """One trial's config: the sweep's saved config ``base`` (already validated at load, with
-    every grid value checked) with the trial's sampled ``params`` applied, validated once."""
+    every grid value checked) with the trial's sampled ``params`` applied, validated once
+    (which imports its plugins, in the trial's process)."""
     return validate(apply_overrides(copy.deepcopy(dict(base)), params))
 
 
-def validate(data: dict[str, Any]) -> SweeperConfig:
+def validate(data: dict[str, Any], *, resolve: bool = True, search_dirs: Sequence[Path] = ()) -> SweeperConfig:
     """``data`` as a :class:`SweeperConfig`; any problem is one :class:`ConfigError` line."""
     from sweeper.storage import redact_credentials
 
     _check_unknown_keys(data, SweeperConfig, prefix="")
+    context = {"resolve": resolve, "search_dirs": tuple(search_dirs)}
     try:
-        return SweeperConfig.model_validate(data)
+        return SweeperConfig.model_validate(data, context=context)
     except ValidationError as exc:
         raise ConfigError(redact_credentials(_describe(exc))) from None
 
@@ -106,7 +118,7 @@ def _read_file(file: Path) -> Mapping[str, Any]:
     return data
 
 
-def _typed_search_space(config: SweeperConfig) -> SweeperConfig:
+def _typed_search_space(config: SweeperConfig, *, search_dirs: Sequence[Path]) -> SweeperConfig:
     """Every value a trial can receive must make a valid config: a bad grid value (or range
     bound) fails here, not inside a trial hours into the sweep. Each value comes back as its
     hyperparameter's type, so the plateau rule orders numbers, never strings
@@ -114,22 +126,27 @@ def _typed_search_space(config: SweeperConfig) -> SweeperConfig:
     plain = config.to_dict()
     for key, spec in config.search.space.items():
         if spec.values is not None:
-            plain["search"]["space"][key]["values"] = [_typed_value(plain, key, value) for value in spec.values]
+            plain["search"]["space"][key]["values"] = [
+                _typed_value(plain, key, value, resolve=config.resolved) for value in spec.values
+            ]
             continue
-        bounds = [_typed_value(plain, key, int(b) if spec.integer else b) for b in (spec.low, spec.high)]
+        bounds = [
+            _typed_value(plain, key, int(b) if spec.integer else b, resolve=config.resolved)
+            for b in (spec.low, spec.high)
+        ]
         if not all(isinstance(b, int | float) and not isinstance(b, bool) for b in bounds):
             raise ConfigError(
                 f"search.space.{key}: low/high ranges are for numeric hyperparameters; list its values: [...]"
             )
         if not spec.integer and all(isinstance(b, int) for b in bounds):
             raise ConfigError(f"search.space.{key}: {key} takes whole numbers: add integer: true to the range")
-    return validate(plain)
+    return validate(plain, resolve=config.resolved, search_dirs=search_dirs)
 
 
-def _typed_value(plain: dict[str, Any], key: str, value: Any) -> Any:
+def _typed_value(plain: dict[str, Any], key: str, value: Any, *, resolve: bool) -> Any:
     """``value`` for the hyperparameter ``key`` as the validated config holds it."""
     try:
-        trial = validate(apply_overrides(copy.deepcopy(plain), {key: value})).to_dict()
+        trial = validate(apply_overrides(copy.deepcopy(plain), {key: value}), resolve=resolve).to_dict()
     except ConfigError as exc:
         raise ConfigError(f"search.space.{key}: value {value!r} is invalid ({exc})") from None
     for part in key.split("."):

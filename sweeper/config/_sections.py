@@ -3,44 +3,70 @@ its parameter specs and per-trial resources), selection and tracking."""
 
 from __future__ import annotations
 
+import difflib
 import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from sweeper import registry
 from sweeper.config._checks import located, suggest
 from sweeper.config._data import DataConfig
-from sweeper.config._paths import absolute_path, absolute_sqlite
+from sweeper.config._paths import AbsolutePath, absolute_path, absolute_sqlite
 from sweeper.config._types import (
-    BackboneName,
     LabelFreeName,
-    MethodName,
     NonNegativeFloat,
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
     Strict,
+    resolving,
+    search_dirs,
 )
-from sweeper.hyperparams import METHOD_PARAMS
+from sweeper.errors import ConfigError
 from sweeper.names import RANKME_EMBEDDING, RANKME_PROTOTYPES, RANKME_REPRESENTATION
 
 
+def resolved_name(kind: registry.Kind, name: str, info: ValidationInfo) -> str:
+    """``name`` as its canonical target (:func:`sweeper.registry.resolve`) when this validation
+    resolves components; as given otherwise (a saved sweep's names are canonical already)."""
+    if not resolving(info):
+        return name
+    try:
+        return registry.resolve(kind, name, search_dirs=search_dirs(info)).target
+    except ConfigError as exc:
+        # The message names the key already: the located error keeps it as it is.
+        raise located((), str(exc).partition(": ")[2]) from None
+
+
 class MethodConfig(Strict):
-    name: MethodName = "vicreg"
+    """``name``: a built-in method, a registered name, an entry point or ``module:Class``;
+    ``params``: its hyperparameters, validated by the method's pydantic model."""
+
+    name: str = "vicreg"
     params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _known_method(cls, name: str, info: ValidationInfo) -> str:
+        return resolved_name("method", name, info)
 
     @field_validator("params")
     @classmethod
     def _typed_params(cls, params: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         """The method's hyperparameters typed by its model (errors located at
-        ``method.params.<name>``), every float finite."""
+        ``method.params.<name>``), every float finite. A saved sweep read without resolving
+        keeps the params it saved (typed when it was started)."""
         name = info.data.get("name")
         if name is None:  # the name itself is wrong; that error is reported
             return params
-        model = METHOD_PARAMS.get(name)
-        if model is None:
-            raise ValueError(f"method {name!r} is not implemented yet; available: {sorted(METHOD_PARAMS)}")
+        if not resolving(info) and not registry.is_builtin("method", name):
+            return _finite(params)
+        try:
+            model = registry.method_params(name, search_dirs=search_dirs(info))
+        except ConfigError as exc:
+            raise located((), str(exc).partition(": ")[2]) from None
         unknown = sorted(set(params) - set(model.model_fields))
         if unknown:
             raise located(
@@ -48,17 +74,68 @@ class MethodConfig(Strict):
                 f"{name} has no hyperparameter {unknown[0]!r}{suggest(unknown[0], model.model_fields)}; "
                 f"it has {sorted(model.model_fields)}",
             )
-        typed = model.model_validate(params).model_dump()
-        for key, value in typed.items():
-            if isinstance(value, float) and not math.isfinite(value):
-                raise located((key,), f"Input should be a finite number (got {value})")
-        return typed
+        return _finite(model.model_validate(params).model_dump())
+
+
+def _finite(params: dict[str, Any]) -> dict[str, Any]:
+    for key, value in params.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise located((key,), f"Input should be a finite number (got {value})")
+    return params
 
 
 class ModelConfig(Strict):
-    backbone: BackboneName = "small_cnn"
+    """``backbone``: a built-in, ``timm/<name>``, ``torchvision/<name>``, a registered name, an
+    entry point or ``module:factory``; ``backbone_args`` go to its factory; ``pretrained``: a
+    local weights file loaded into it (nothing is downloaded)."""
+
+    backbone: str = "small_cnn"
+    backbone_args: dict[str, Any] = Field(default_factory=dict)
+    pretrained: AbsolutePath | None = None
     projector: Annotated[list[PositiveInt], Field(min_length=1)] = Field(default_factory=lambda: [256, 128])
     cifar_stem: bool | None = None  # ResNets: 3x3 stem without max-pool; None = auto (image_size <= 64)
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, name: str, info: ValidationInfo) -> str:
+        target = resolved_name("backbone", name, info)
+        if resolving(info) and target.startswith("timm/"):
+            check_timm_model(target.removeprefix("timm/"))
+        return target
+
+    @field_validator("backbone_args")
+    @classmethod
+    def _no_downloads(cls, args: dict[str, Any]) -> dict[str, Any]:
+        if args.get("pretrained") not in (None, False):
+            raise ValueError(
+                "pretrained weights are never downloaded: remove backbone_args.pretrained and set "
+                "model.pretrained to a local weights file"
+            )
+        return args
+
+    @field_validator("pretrained")
+    @classmethod
+    def _weights_file(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        if path is not None and resolving(info) and not path.is_file():
+            raise ValueError(
+                f"weights file {str(path)!r} does not exist: point model.pretrained at a local file "
+                "(nothing is downloaded)"
+            )
+        return path
+
+
+def check_timm_model(name: str) -> None:
+    """timm must be installed and know ``name`` (closest names suggested)."""
+    try:
+        import timm
+    except ImportError:
+        raise ValueError(
+            f'timm/{name} needs timm, which is not installed: pip install "sweeper[timm]" (or pip install timm)'
+        ) from None
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
+        hint = f" (did you mean {' or '.join(repr(f'timm/{c}') for c in close)}?)" if close else ""
+        raise ValueError(f"timm has no model {name!r}{hint}: see timm.list_models()")
 
 
 class TrainConfig(Strict):

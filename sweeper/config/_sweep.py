@@ -8,8 +8,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
+from sweeper import registry
 from sweeper.config._checks import check_dotted_key, check_objective, check_workers, leaves, suggest, unsafe
 from sweeper.config._data import DataConfig
 from sweeper.config._paths import absolute_path
@@ -22,7 +23,7 @@ from sweeper.config._sections import (
     TrackingConfig,
     TrainConfig,
 )
-from sweeper.config._types import Strict
+from sweeper.config._types import Strict, resolving, search_dirs
 from sweeper.names import (
     OOD_MEAN,
     RANKME_EMBEDDING,
@@ -33,14 +34,15 @@ from sweeper.names import (
 )
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-# The methods whose trials also report rankme/prototypes (sweeper.methods: a prototypes() head).
-_PROTOTYPE_METHODS = frozenset({"dino", "swav", "carp"})
 
 
 class SweeperConfig(Strict):
     """The whole sweep: see DESIGN.md for the meaning of each key."""
 
     name: str
+    # Modules imported before anything else is validated (driver and every trial process), for
+    # what they register (sweeper.register_method/backbone/dataset).
+    plugins: list[str] = Field(default_factory=list)
     storage_path: str = "./sweeps"
     seed: int = 0
     data: DataConfig = Field(default_factory=DataConfig)
@@ -51,16 +53,22 @@ class SweeperConfig(Strict):
     search: SearchConfig = Field(default_factory=SearchConfig)
     selection: SelectionConfig = Field(default_factory=SelectionConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    # Whether the components were resolved (imported and checked) when this config was validated.
+    _resolved: bool = PrivateAttr(default=True)
 
     @model_validator(mode="before")
     @classmethod
-    def _safe_values(cls, data: Any) -> Any:
+    def _safe_values(cls, data: Any, info: ValidationInfo) -> Any:
         """Before anything else can echo a value: no URI with credentials, no non-finite float
-        and no control character anywhere in the config, whatever the key's type."""
+        and no control character anywhere in the config, whatever the key's type. Then the
+        ``plugins`` are imported, so that the names they register resolve."""
         for key, value in leaves(data):
             problem = unsafe(value)
             if problem is not None:
                 raise ValueError(f"{key}: {problem}")
+        plugins = data.get("plugins") if isinstance(data, Mapping) else None
+        if resolving(info) and isinstance(plugins, list) and all(isinstance(p, str) for p in plugins):
+            registry.import_plugins(plugins, search_dirs=search_dirs(info))
         return data
 
     @field_validator("storage_path")
@@ -78,7 +86,8 @@ class SweeperConfig(Strict):
         return value
 
     @model_validator(mode="after")
-    def _cross_checks(self) -> SweeperConfig:
+    def _cross_checks(self, info: ValidationInfo) -> SweeperConfig:
+        self._resolved = resolving(info)
         self._check_search_space()
         self._check_selection_param()
         check_objective(self)
@@ -116,7 +125,7 @@ class SweeperConfig(Strict):
         RankMe (and the prototypes' for clustering methods), the configured label-free metrics,
         and each configured probe on the training data set and on every OOD data set."""
         keys = [RANKME_EMBEDDING, RANKME_REPRESENTATION]
-        if self.method.name in _PROTOTYPE_METHODS:
+        if self.reports_prototypes:
             keys.append(RANKME_PROTOTYPES)
         keys += [label_free_key(name) for name in self.evaluation.label_free if name != "rankme"]
         names = self.oracle_dataset_names()
@@ -125,12 +134,26 @@ class SweeperConfig(Strict):
             keys.append(OOD_MEAN)
         return keys
 
+    @property
+    def reports_prototypes(self) -> bool:
+        """Whether the trials report ``rankme/prototypes`` (a method with a prototype head);
+        assumed for a plugin method of a sweep read without resolving its components."""
+        name = self.method.name
+        if not (self._resolved or registry.is_builtin("method", name)):
+            return True
+        return registry.method_has_prototypes(name)
+
+    @property
+    def resolved(self) -> bool:
+        """Whether this config's components were resolved (imported, checked) at validation."""
+        return self._resolved
+
     def oracle_dataset_names(self) -> list[str]:
         """The ``<dataset>`` of ``oracle/<probe>/<dataset>``: the training data set's name, then
         each OOD data set's, a repeated name suffixed ``-2``, ``-3``, ... (as the engine does)."""
         names: list[str] = []
         for data in [self.data, *self.evaluation.oracle_datasets]:
-            base = Path(data.root).name if data.dataset == "imagefolder" and data.root else data.dataset
+            base = data.display_name
             name, suffix = base, 2
             while name in names:
                 name, suffix = f"{base}-{suffix}", suffix + 1
@@ -142,11 +165,12 @@ class SweeperConfig(Strict):
         return self.model_dump(mode="json")
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> SweeperConfig:
-        """A new validated config with ``dotted.key: value`` pairs applied (a trial's config)."""
+        """A new validated config with ``dotted.key: value`` pairs applied (a trial's config),
+        its components resolved as this config's were."""
         # Imported here: loading builds on this class (a module-level import would be a cycle).
         from sweeper.config._load import apply_overrides, validate
 
-        return validate(apply_overrides(self.to_dict(), overrides))
+        return validate(apply_overrides(self.to_dict(), overrides), resolve=self._resolved)
 
     @property
     def experiment_name(self) -> str:

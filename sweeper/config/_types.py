@@ -1,18 +1,15 @@
-"""The shared types of the config sections: the strict base model, the registry names and
-the constrained numbers."""
+"""The shared types of the config sections: the strict base model, the label-free metric names,
+the constrained numbers, and how a validation resolves components (:func:`resolving`)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo
 
-from sweeper.hyperparams import METHOD_PARAMS
 from sweeper.names import LABEL_FREE_METRICS
 
-DatasetName = Literal["digits", "fashion_mnist", "mnist", "cifar10", "cifar100", "stl10", "imagefolder"]
-MethodName = Literal[tuple(METHOD_PARAMS)]  # the names are declared once, in sweeper.hyperparams
-BackboneName = Literal["small_cnn", "resnet18", "resnet50", "vit_s16"]
 LabelFreeName = Literal[LABEL_FREE_METRICS]  # declared once, in sweeper.names
 
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -25,3 +22,18 @@ class Strict(BaseModel):
     """Every section: unknown keys refused, frozen, defaults validated, no inf/NaN."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
+
+
+def resolving(info: ValidationInfo) -> bool:
+    """Whether this validation resolves components (imports plugins, checks data roots): yes by
+    default; no when a saved sweep is only read (``sweeper status``, ``compare``), which must
+    work on a machine without the sweep's data or plugins."""
+    return bool((info.context or {}).get("resolve", True))
+
+
+def search_dirs(info: ValidationInfo | None) -> tuple[Path, ...]:
+    """Where a plugin module that is not importable by name is looked for: the config file's
+    directory, then the current directory."""
+    context: dict[str, Any] = (info.context if info is not None else None) or {}
+    dirs = [Path(d) for d in context.get("search_dirs", ())]
+    return tuple(dict.fromkeys([*dirs, Path.cwd()]))

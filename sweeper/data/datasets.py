@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, Subset
 
-from sweeper.config import IDX_DATASETS, DataConfig
+from sweeper import registry
+from sweeper.config import DataConfig
 from sweeper.data._idx import read_idx_split
 from sweeper.errors import DataError
 
@@ -40,6 +41,10 @@ __all__ = [
     "balanced_subset",
     "default_num_workers",
     "load_dataset",
+    "load_digits",
+    "load_idx",
+    "load_imagefolder",
+    "load_torchvision",
 ]
 
 DIGITS_TEST_FRACTION = 0.2
@@ -54,10 +59,11 @@ _PARALLEL_DECODE_MIN = 4096
 
 
 class LabelledImages(Dataset[tuple[torch.Tensor, int]]):
-    """Images (N, C, H, W) float32 in [0, 1] held in memory, with integer labels (N,)."""
+    """Images (N, C, H, W) float32 in [0, 1] held in memory, with integer labels (N,), or
+    ``labels=None`` for unlabelled images (their items then carry the label -1)."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        if images.ndim != 4 or len(images) != len(labels):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor | None) -> None:
+        if images.ndim != 4 or (labels is not None and len(images) != len(labels)):
             raise ValueError(f"images (N, C, H, W) and labels (N,) expected, got {images.shape}")
         self.images = images
         self.labels = labels
@@ -66,7 +72,7 @@ class LabelledImages(Dataset[tuple[torch.Tensor, int]]):
         return len(self.images)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.images[index], int(self.labels[index])
+        return self.images[index], -1 if self.labels is None else int(self.labels[index])
 
     @property
     def channels(self) -> int:
@@ -137,12 +143,13 @@ class StreamedImages:
 
 @dataclass(frozen=True)
 class DatasetSplits:
-    """A dataset's name, its pretraining/probe-training split and its test split."""
+    """A dataset's name, its pretraining/probe-training split and its test split (None: a
+    data set with no test split); labels are optional (see :attr:`unlabelled_reason`)."""
 
     name: str
     train: LabelledImages | StreamedImages
-    test: LabelledImages | StreamedImages
-    num_classes: int
+    test: LabelledImages | StreamedImages | None
+    num_classes: int | None  # None: no labels
     natural_images: bool  # horizontal flips make sense
 
     @property
@@ -152,6 +159,17 @@ class DatasetSplits:
     @property
     def streamed(self) -> bool:
         return isinstance(self.train, StreamedImages)
+
+    @property
+    def unlabelled_reason(self) -> str | None:
+        """Why the labelled probes cannot run on this data set (None: they can)."""
+        if self.train.labels is None:
+            return f"data set {self.name!r} has no labels"
+        if self.test is None:
+            return f"data set {self.name!r} has no test split"
+        if self.test.labels is None:
+            return f"the test split of data set {self.name!r} has no labels"
+        return None
 
 
 def default_num_workers() -> int:
@@ -163,20 +181,79 @@ def default_num_workers() -> int:
 def load_dataset(config: DataConfig) -> DatasetSplits:
     """Load ``config.dataset`` resized to ``config.image_size`` (square), its train split cut to
     ``config.train_per_class`` images per class when set; an ImageFolder tree streams from disk
-    when ``config.in_memory`` says so (see :class:`StreamedImages`)."""
-    size = config.image_size
-    per_class, seed = config.train_per_class, config.subset_seed
-    if config.dataset == "digits":
-        return _digits(size, per_class=per_class, seed=seed)
-    if config.dataset in IDX_DATASETS:
-        return _idx_dataset(config)
+    when ``config.in_memory`` says so (see :class:`StreamedImages`).
+
+    A data-set plugin (a registered name, an entry point or ``module:factory``) is called as
+    ``factory(*, image_size, **data.dataset_args)`` and returns its splits in the public shape
+    of :func:`sweeper.data.plugin_splits`: ``(train, test)`` or ``{"train": ..., "test": ...}``,
+    each an image tensor, an ``(images, labels)`` pair or a torch ``Dataset``; labels and the
+    test split are optional.
+    """
+    loader = registry.load("dataset", config.dataset)
+    if config.builtin:
+        return loader(config)
+    from sweeper.data._plugin import plugin_splits
+
+    produced = registry.call_with_kwargs(
+        loader, f"data.dataset {config.dataset}", image_size=config.image_size, **config.dataset_args
+    )
+    splits = plugin_splits(produced, name=config.display_name, image_size=config.image_size)
+    if config.train_per_class is None:
+        return splits
+    if splits.train.labels is None:
+        raise DataError(
+            f"data.train_per_class needs labels, and data set {config.display_name!r} has none: remove it "
+            "(or subset the images in the factory)"
+        )
+    keep = balanced_subset(splits.train.labels, config.train_per_class, seed=config.subset_seed, name=splits.name)
+    train = LabelledImages(splits.train.images[keep], splits.train.labels[keep])
+    return replace(splits, train=train)
+
+
+def load_digits(config: DataConfig) -> DatasetSplits:
+    """The built-in ``digits`` (scikit-learn's, split 80/20 stratified with a fixed seed)."""
+    return _digits(config.image_size, per_class=config.train_per_class, seed=config.subset_seed)
+
+
+def load_idx(config: DataConfig) -> DatasetSplits:
+    """The built-in ``fashion_mnist`` and ``mnist``, from their IDX files under ``root``."""
+    return _idx_dataset(config)
+
+
+def load_imagefolder(config: DataConfig) -> DatasetSplits:
+    """The built-in ``imagefolder``: ``root/train/<class>/...`` and ``root/val/<class>/...``."""
+    root, workers = _root(config), _workers(config)
+    return _imagefolder(
+        root,
+        config.image_size,
+        in_memory=config.in_memory,
+        num_workers=workers,
+        per_class=config.train_per_class,
+        seed=config.subset_seed,
+    )
+
+
+def load_torchvision(config: DataConfig) -> DatasetSplits:
+    """The built-in ``cifar10``, ``cifar100`` and ``stl10``, extracted under ``root``."""
+    return _torchvision(
+        config.dataset,
+        _root(config),
+        config.image_size,
+        num_workers=_workers(config),
+        per_class=config.train_per_class,
+        seed=config.subset_seed,
+    )
+
+
+def _root(config: DataConfig) -> Path:
     root = Path(config.root).expanduser() if config.root is not None else None
     if root is None or not root.is_dir():
         raise DataError(f"data root {config.root!r} does not exist: set data.root")
-    workers = config.num_workers if config.num_workers is not None else default_num_workers()
-    if config.dataset == "imagefolder":
-        return _imagefolder(root, size, in_memory=config.in_memory, num_workers=workers, per_class=per_class, seed=seed)
-    return _torchvision(config.dataset, root, size, num_workers=workers, per_class=per_class, seed=seed)
+    return root
+
+
+def _workers(config: DataConfig) -> int:
+    return config.num_workers if config.num_workers is not None else default_num_workers()
 
 
 def balanced_subset(

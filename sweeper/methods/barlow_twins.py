@@ -25,6 +25,7 @@ import torch
 from lightly.loss import BarlowTwinsLoss
 
 from sweeper.distributed import gather_cat
+from sweeper.hyperparams import BarlowTwinsParams
 from sweeper.methods.base import SSLMethod
 from sweeper.models import Backbone, build_projector
 
@@ -40,6 +41,7 @@ class BarlowTwins(SSLMethod):
     """
 
     name = "barlow_twins"
+    hyperparameters = BarlowTwinsParams
 
     def __init__(self, backbone: Backbone, *, projector: Sequence[int], lambda_offdiag: float) -> None:
         super().__init__(backbone, build_projector(backbone.dim, projector), embedding_dim=projector[-1])

@@ -8,17 +8,23 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from sweeper.hyperparams import MethodParams
 from sweeper.models import Backbone
 
 __all__ = ["SSLMethod"]
 
 
 class SSLMethod(nn.Module):
-    """A joint-embedding method: backbone, heads and loss.
+    """A joint-embedding method: backbone, heads and loss — the public base of every method,
+    built-in or plugin.
 
-    Subclasses set ``name``, build their heads in ``__init__`` from the method's hyperparameters
-    (``sweeper.hyperparams.METHOD_PARAMS[name]``, passed as keyword arguments) and implement
-    :meth:`training_loss`. The engine calls, per step: :meth:`training_loss`, ``backward``,
+    Subclasses declare their hyperparameters as ``hyperparameters``, a pydantic model
+    (:class:`sweeper.MethodParams`) with the papers' defaults, take exactly its fields as
+    keyword arguments of ``__init__(self, backbone, *, projector, **hyperparameters)``
+    (``backbone``: a :class:`~sweeper.models.Backbone`, its ``module`` giving (B, D) and ``dim``
+    = D; ``projector``: ``model.projector``, the head's sizes), build their heads there and
+    implement :meth:`training_loss`; ``sweeper.testing.check_method`` checks the contract.
+    The engine calls, per step: :meth:`training_loss`, ``backward``,
     :meth:`before_optimizer_step`, the optimiser step, :meth:`after_step`. :meth:`embed` gives
     the two tensors RankMe reads: the backbone ``representation`` and the ``embedding`` (the
     projector output, or for clustering heads the layer before the prototypes). Clustering
@@ -29,7 +35,8 @@ class SSLMethod(nn.Module):
     views, the last ``num_local_views`` small local crops (seen by the student only).
     """
 
-    name: ClassVar[str]
+    name: ClassVar[str] = ""  # the registry name of a built-in (a plugin's is where it is registered)
+    hyperparameters: ClassVar[type[MethodParams]]
     num_views: int = 2
     num_local_views: int = 0
 

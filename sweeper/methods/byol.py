@@ -22,6 +22,7 @@ from lightly.loss import NegativeCosineSimilarity
 from lightly.models.modules.heads import BYOLPredictionHead
 from torch import nn
 
+from sweeper.hyperparams import BYOLParams
 from sweeper.methods._teacher import cosine_momentum, frozen_copy, update_momentum
 from sweeper.methods.base import SSLMethod
 from sweeper.models import Backbone, build_projector
@@ -57,6 +58,7 @@ class BYOL(SSLMethod):
     """
 
     name = "byol"
+    hyperparameters = BYOLParams
 
     def __init__(
         self,

@@ -36,6 +36,7 @@ import torch
 from lightly.models.modules.heads import DINOProjectionHead
 
 from sweeper.distributed import broadcast_, global_mean
+from sweeper.hyperparams import CARPParams
 from sweeper.methods._multicrop import forward_views
 from sweeper.methods._teacher import cosine_momentum, frozen_copy, update_momentum
 from sweeper.methods.base import SSLMethod
@@ -104,6 +105,7 @@ class CARP(SSLMethod):
     """
 
     name = "carp"
+    hyperparameters = CARPParams
 
     def __init__(
         self,

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from lightly.loss import DINOLoss
 from lightly.models.modules.heads import DINOProjectionHead
 
+from sweeper.hyperparams import DINOParams
 from sweeper.methods._multicrop import forward_views
 from sweeper.methods._teacher import cosine_momentum, frozen_copy, update_momentum
 from sweeper.methods.base import SSLMethod
@@ -63,6 +64,7 @@ class DINO(SSLMethod):
     """
 
     name = "dino"
+    hyperparameters = DINOParams
 
     def __init__(
         self,

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 from lightly.loss import NTXentLoss
 
+from sweeper.hyperparams import SimCLRParams
 from sweeper.methods.base import SSLMethod
 from sweeper.models import Backbone, build_projector
 
@@ -28,6 +29,7 @@ class SimCLR(SSLMethod):
     """
 
     name = "simclr"
+    hyperparameters = SimCLRParams
 
     def __init__(self, backbone: Backbone, *, projector: Sequence[int], temperature: float) -> None:
         super().__init__(backbone, build_projector(backbone.dim, projector), embedding_dim=projector[-1])

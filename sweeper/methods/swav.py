@@ -35,6 +35,7 @@ from lightly.loss import SwaVLoss
 from lightly.models.modules.heads import SwaVPrototypes
 
 from sweeper.distributed import world_size
+from sweeper.hyperparams import SwAVParams
 from sweeper.methods._multicrop import forward_views
 from sweeper.methods.base import SSLMethod
 from sweeper.models import Backbone, build_projector
@@ -58,6 +59,7 @@ class SwAV(SSLMethod):
     """
 
     name = "swav"
+    hyperparameters = SwAVParams
 
     def __init__(
         self,

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import torch
 from lightly.loss import VICRegLoss
 
+from sweeper.hyperparams import VICRegParams
 from sweeper.methods.base import SSLMethod
 from sweeper.models import Backbone, build_projector
 
@@ -32,6 +33,7 @@ class VICReg(SSLMethod):
     """
 
     name = "vicreg"
+    hyperparameters = VICRegParams
 
     def __init__(
         self,

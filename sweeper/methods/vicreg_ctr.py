@@ -20,6 +20,7 @@ from typing import ClassVar
 
 import torch
 
+from sweeper.hyperparams import VICRegCtrParams
 from sweeper.methods.vicreg_exp import VICRegExp, vicreg_exp_loss
 
 __all__ = ["VICRegCtr", "vicreg_ctr_loss"]
@@ -61,4 +62,5 @@ class VICRegCtr(VICRegExp):
     """
 
     name = "vicreg_ctr"
+    hyperparameters = VICRegCtrParams
     transposed: ClassVar[bool] = True

@@ -27,6 +27,7 @@ import torch
 from lightly.loss.vicreg_loss import invariance_loss, variance_loss
 
 from sweeper.distributed import gather_cat
+from sweeper.hyperparams import VICRegExpParams
 from sweeper.methods.base import SSLMethod
 from sweeper.models import Backbone, build_projector
 
@@ -86,6 +87,7 @@ class VICRegExp(SSLMethod):
     """
 
     name = "vicreg_exp"
+    hyperparameters = VICRegExpParams
     transposed: ClassVar[bool] = False  # True: the loss on Zᵀ (VICReg-ctr)
 
     def __init__(

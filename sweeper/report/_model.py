@@ -92,10 +92,7 @@ def params_of(table: pd.DataFrame, config: SweeperConfig) -> list[str]:
 
 def id_dataset(config: SweeperConfig) -> str:
     """The name the in-distribution oracle metrics carry (``oracle/linear/<name>``)."""
-    data = config.data
-    if data.dataset == "imagefolder" and data.root is not None:
-        return Path(data.root).expanduser().name
-    return data.dataset
+    return config.data.display_name
 
 
 def select(table: pd.DataFrame, config: SweeperConfig) -> dict[str, Pick]:

@@ -22,7 +22,15 @@ from ray.tune import ExperimentAnalysis
 
 from sweeper.config import SweeperConfig
 from sweeper.errors import SweeperError, SweepError
-from sweeper.names import CONFIRM_PHASE, PHASE, SEARCH_PHASE, SPECTRUM_EMBEDDING, is_metric_key, trial_status
+from sweeper.names import (
+    CONFIRM_PHASE,
+    ORACLE_SKIPPED,
+    PHASE,
+    SEARCH_PHASE,
+    SPECTRUM_EMBEDDING,
+    is_metric_key,
+    trial_status,
+)
 from sweeper.storage import SweepLocation
 from sweeper.sweep._state import as_location, tune_filesystem
 
@@ -184,6 +192,8 @@ def _row(
     row["status"] = trial_status(trial.status, last, error_file=error_file)
     row["epochs_done"] = int(last.get("epoch", 0) or 0)
     row["wall_s"] = round(float(last.get("time_total_s", math.nan)), 2)
+    if last.get(ORACLE_SKIPPED):
+        row[ORACLE_SKIPPED] = str(last[ORACLE_SKIPPED])
     row[PHASE] = phase
     return row
 

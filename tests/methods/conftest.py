@@ -3,15 +3,15 @@ a "does training lower the loss on this batch" check."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import pytest
 import torch
 
 from sweeper.config import DataConfig
 from sweeper.data import MultiViewAugment, load_dataset
-from sweeper.methods import SSLMethod
 from sweeper.models import Backbone, build_backbone
+from sweeper.testing import loss_before_after as loss_before_after_steps
 
 BATCH = 64
 
@@ -44,44 +44,8 @@ def backbone() -> Backbone:
     return build_backbone("small_cnn", in_channels=1, image_size=16)
 
 
-def _measure(method: SSLMethod, views: Sequence[torch.Tensor], seed: int) -> float:
-    """The training loss of ``views`` without changing the method (buffers restored)."""
-    buffers = {name: value.clone() for name, value in method.named_buffers()}
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        loss = float(method.training_loss(views, progress=0.0))
-    with torch.no_grad():
-        for name, value in method.named_buffers():
-            value.copy_(buffers[name])
-    return loss
-
-
 @pytest.fixture
 def loss_before_after() -> Callable[..., tuple[float, float]]:
-    """Train ``steps`` AdamW steps on fixed views, with the engine's call sequence, and return
-    the loss on those same views before and after (random parts of the loss seeded alike)."""
-
-    def run(
-        method: SSLMethod,
-        views: Sequence[torch.Tensor],
-        *,
-        steps: int = 5,
-        lr: float = 1e-3,
-        seed: int = 0,
-        epoch: int = 0,
-    ) -> tuple[float, float]:
-        method.train()
-        optimizer = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=lr)
-        before = _measure(method, views, seed)
-        for step in range(steps):
-            progress = step / (steps * 10)
-            torch.manual_seed(seed + step + 1)
-            loss = method.training_loss(views, progress=progress)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            method.before_optimizer_step(progress=progress, epoch=epoch)
-            optimizer.step()
-            method.after_step(progress=progress)
-        return before, _measure(method, views, seed)
-
-    return run
+    """Train a few AdamW steps on fixed views, with the engine's call sequence, and return the
+    loss on those same views before and after (``sweeper.testing.loss_before_after``)."""
+    return loss_before_after_steps

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from sweeper.config import load_config
-from sweeper.hyperparams import METHOD_PARAMS
+from sweeper.registry import BUILTIN_METHODS
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -26,7 +26,7 @@ SWEPT = {
 
 
 def test_every_method_has_both_configs() -> None:
-    assert set(SWEPT) == set(METHOD_PARAMS)
+    assert set(SWEPT) == set(BUILTIN_METHODS)
     for kind in ("digits", "cluster"):
         assert {p.stem for p in (CONFIGS / kind).glob("*.yaml")} == set(SWEPT), kind
 

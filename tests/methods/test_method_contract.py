@@ -1,19 +1,19 @@
-"""The contract every registered method keeps with the engine: a few steps with the engine's call
+"""The contract every built-in method keeps with the engine, checked by the same public
+``sweeper.testing.check_method`` a plugin's own test calls: a few steps with the engine's call
 sequence lower the loss, ``embed`` gives finite (N, dim) tensors without gradients, clustering
-methods (those with ``num_prototypes``) expose their prototypes, and the state dict round-trips
-everything the loss depends on. Method-specific behaviour lives in each method's test file."""
+methods expose their prototypes, and the state dict round-trips everything the loss depends on.
+(The two-process part of the check runs for all nine at once in test_distributed_training.py.)
+Method-specific behaviour lives in each method's test file."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from sweeper.hyperparams import METHOD_PARAMS
-from sweeper.methods import METHODS, SSLMethod
-from sweeper.models import build_backbone
+from sweeper import registry
+from sweeper.config import ConfigError
+from sweeper.testing import MethodContractError, check_method
 
-PROJECTOR = [64, 32]
-REPRESENTATION_DIM = 128  # small_cnn
 # Smaller than the papers' defaults, for a CPU test.
 SMALL = {
     "byol": {"base_momentum": 0.99, "predictor_hidden_dim": 64},
@@ -29,81 +29,39 @@ TRAINING = {
 }
 
 
-def _build(name: str, *, seed: int = 0) -> SSLMethod:
-    torch.manual_seed(seed)
-    backbone = build_backbone("small_cnn", in_channels=1, image_size=16)
-    params = METHOD_PARAMS[name](**SMALL.get(name, {})).model_dump()
-    return METHODS[name](backbone, projector=PROJECTOR, **params)
+@pytest.mark.parametrize("name", registry.builtin_names("method"))
+def test_every_builtin_keeps_the_contract(name) -> None:
+    check_method(name, params=SMALL.get(name), distributed=False, **TRAINING.get(name, {}))
 
 
-def _clustering(name: str) -> bool:
-    return "num_prototypes" in METHOD_PARAMS[name].model_fields
+def test_each_builtin_class_declares_the_hyperparameters_the_registry_lists() -> None:
+    for name, builtin in registry.BUILTIN_METHODS.items():
+        cls = registry.method_class(name)
+        assert cls.hyperparameters is builtin.params, name
+        assert cls.name == name
+        registry.check_signature(cls, builtin.params)  # __init__ takes exactly its fields
+        assert registry.method_has_prototypes(name) == builtin.prototypes
+        assert (cls.prototypes is not registry.method_class("simclr").prototypes) == builtin.prototypes, name
 
 
-@pytest.mark.parametrize("name", list(METHODS))
-def test_a_few_steps_lower_the_loss(name, make_views, loss_before_after) -> None:
-    method = _build(name)
-    before, after = loss_before_after(method, make_views(method.num_views), **TRAINING.get(name, {}))
-    assert after < before, (before, after)
-
-
-@pytest.mark.parametrize("name", list(METHODS))
-def test_embed_gives_finite_representations_and_embeddings(name, digits_batch) -> None:
-    method = _build(name)
-    assert method.name == name
-    assert (method.representation_dim, method.embedding_dim) == (REPRESENTATION_DIM, PROJECTOR[-1])
-    method.eval()
-    representation, embedding = method.embed(digits_batch)
-    assert representation.shape == (len(digits_batch), REPRESENTATION_DIM)
-    assert embedding.shape == (len(digits_batch), PROJECTOR[-1])
-    for tensor in (representation, embedding):
-        assert torch.isfinite(tensor).all() and not tensor.requires_grad
-    assert embedding.std(dim=0).max() > 0  # not a constant output
-    prototypes = method.prototypes()
-    if _clustering(name):
-        assert prototypes.shape == (SMALL[name]["num_prototypes"], PROJECTOR[-1])
-        assert torch.isfinite(prototypes).all()
-    else:
-        assert prototypes is None
-
-
-@pytest.mark.parametrize("name", list(METHODS))
-def test_state_dict_round_trip(name, make_views, loss_before_after, digits_batch) -> None:
-    trained = _build(name)
-    views = make_views(trained.num_views)
-    loss_before_after(trained, views, steps=2)  # moves weights, EMA teachers, centres, queues
-    restored = _build(name, seed=1)
-    assert any(not torch.equal(a, b) for a, b in zip(trained.parameters(), restored.parameters(), strict=True))
-    restored.load_state_dict(trained.state_dict())
-
-    for key, value in trained.state_dict().items():
-        assert torch.equal(restored.state_dict()[key], value), key
-    losses = []
-    for method in (trained, restored):
-        method.train()
-        torch.manual_seed(3)
-        with torch.no_grad():
-            losses.append(float(method.training_loss(views, progress=0.5)))
-    assert losses[0] == losses[1]
-    for method in (trained, restored):
-        method.eval()
-    for a, b in zip(trained.embed(digits_batch), restored.embed(digits_batch), strict=True):
-        assert torch.equal(a, b)
-
-
-def test_the_registry_refuses_to_drift_from_the_hyperparameters() -> None:
-    from sweeper.methods import _registry
-
-    classes = list(METHODS.values())
-    assert list(_registry(*reversed(classes))) == list(METHOD_PARAMS)  # in METHOD_PARAMS' order
-    with pytest.raises(ImportError, match="do not match"):
-        _registry(*classes[1:])
-
-    base = METHODS["simclr"]
+def test_the_signature_check_names_what_drifted() -> None:
+    base = registry.method_class("simclr")
 
     class ExtraArgument(base):
         def __init__(self, backbone, *, projector, temperature: float, extra: float) -> None:
             super().__init__(backbone, projector=projector, temperature=temperature)
 
-    with pytest.raises(ImportError, match="extra"):
-        _registry(ExtraArgument, *classes[1:])
+    with pytest.raises(ConfigError, match="extra"):
+        registry.check_signature(ExtraArgument, base.hyperparameters)
+
+
+class _Frozen(registry.method_class("simclr")):
+    """A method whose loss cannot fall: its output does not depend on its weights."""
+
+    def training_loss(self, views, *, progress):
+        return sum(view.mean() for view in views) * torch.ones((), requires_grad=True)
+
+
+def test_a_method_whose_loss_cannot_fall_fails_the_check() -> None:
+    with pytest.raises(MethodContractError, match="did not lower the loss"):
+        check_method(_Frozen, distributed=False)

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from sweeper.config import ConfigError, SweeperConfig, load_config
-from sweeper.hyperparams import METHOD_PARAMS
-from sweeper.methods import METHODS, build_method
+from sweeper.methods import build_method
+from sweeper.registry import BUILTIN_METHODS
 
 # Non-default values for every field, small enough for a CPU test.
 PARAMS = {
@@ -57,16 +57,16 @@ def _config(method: str, params: dict) -> SweeperConfig:
 
 
 def test_every_method_is_registered_with_its_params() -> None:
-    assert set(METHODS) == set(METHOD_PARAMS) == set(PARAMS)
+    assert set(BUILTIN_METHODS) == set(PARAMS)
     for name, fields in PARAMS.items():
-        assert set(fields) == set(METHOD_PARAMS[name].model_fields), name
+        assert set(fields) == set(BUILTIN_METHODS[name].params.model_fields), name
 
 
 @pytest.mark.parametrize("method", sorted(PARAMS))
 def test_config_accepts_the_params_and_rejects_an_unknown_one(method) -> None:
     config = _config(method, PARAMS[method])
     assert config.method.params == PARAMS[method]
-    assert _config(method, {}).method.params == METHOD_PARAMS[method]().model_dump()  # defaults
+    assert _config(method, {}).method.params == BUILTIN_METHODS[method].params().model_dump()  # defaults
     with pytest.raises(ConfigError, match="no_such_param"):
         _config(method, {**PARAMS[method], "no_such_param": 1.0})
 

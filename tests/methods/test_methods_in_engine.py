@@ -10,7 +10,7 @@ import pytest
 from sweeper.config import DataConfig, load_config
 from sweeper.data import load_dataset
 from sweeper.engine import Trainer
-from sweeper.methods import METHODS
+from sweeper.registry import BUILTIN_METHODS
 
 SMALL = {
     "byol": {"predictor_hidden_dim": 32},
@@ -25,7 +25,7 @@ def digits8():
     return load_dataset(DataConfig(image_size=8))
 
 
-@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("method", list(BUILTIN_METHODS))
 def test_one_epoch_in_the_engine(method, digits8) -> None:
     config = load_config(
         data={

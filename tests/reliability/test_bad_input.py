@@ -85,9 +85,14 @@ CASES = [
         [],
         "grid algorithm needs values",
     ),
-    ("unknown method", lambda d: _set(d, "method.name", "mocov9"), [], "method.name: Input should be"),
-    ("unknown backbone", lambda d: _set(d, "model.backbone", "vgg11"), [], "model.backbone: Input should be"),
-    ("unknown dataset", lambda d: _set(d, "data.dataset", "imagenet21k"), [], "data.dataset: Input should be"),
+    ("unknown method", lambda d: _set(d, "method.name", "mocov9"), [], "method.name: unknown method 'mocov9'"),
+    ("unknown backbone", lambda d: _set(d, "model.backbone", "vgg11"), [], "model.backbone: unknown backbone 'vgg11'"),
+    (
+        "unknown dataset",
+        lambda d: _set(d, "data.dataset", "imagenet21k"),
+        [],
+        "data.dataset: unknown dataset 'imagenet21k'",
+    ),
     ("unknown optimizer", lambda d: _set(d, "train.optimizer", "adam"), [], "train.optimizer: Input should be"),
     ("missing data root", lambda d: _set(d, "data.dataset", "cifar10"), [], "needs a local data root: set data.root"),
     (
