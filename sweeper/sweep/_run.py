@@ -28,12 +28,13 @@ import ray
 from ray import tune
 
 from sweeper import report
-from sweeper.config import DataConfig, SweeperConfig
-from sweeper.errors import DataError, StorageError, SweepError
+from sweeper.config import SweeperConfig
+from sweeper.errors import StorageError, SweepError
 from sweeper.names import OK, PHASE, SEARCH_PHASE, UNFINISHED_STATUSES
 from sweeper.selection import Pick
 from sweeper.storage import SweepLocation, check_database_url
 from sweeper.sweep._callback import TrackingCallback
+from sweeper.sweep._check import check_data_root
 from sweeper.sweep._claim import SweepClaim, claim_sweep, no_resumable_sweep
 from sweeper.sweep._cluster import check_cluster, connect
 from sweeper.sweep._confirm import confirmation_plan, saved_plan
@@ -341,54 +342,8 @@ def _preflight(
     if config.train.device == "cuda" and not (address or os.environ.get("RAY_ADDRESS")):
         _check_local_cuda()  # on a cluster, check_cluster looks at the nodes' GPUs
     for data in [config.data, *config.evaluation.oracle_datasets]:
-        _check_data_root(data)
+        check_data_root(data)
     return saved
-
-
-# What torchvision's loaders open under data.root (the files of the extracted archives).
-_DATASET_FILES = {
-    "cifar10": [f"cifar-10-batches-py/{name}" for name in ("data_batch_1", "data_batch_5", "test_batch")],
-    "cifar100": ["cifar-100-python/train", "cifar-100-python/test"],
-    "stl10": [f"stl10_binary/{name}" for name in ("train_X.bin", "train_y.bin", "test_X.bin", "test_y.bin")],
-}
-_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # torchvision's
-
-
-def _check_data_root(data: DataConfig) -> None:
-    """A local ``data.root`` must have the shape its loader reads (every trial would fail on it
-    otherwise): ImageFolder's ``train/`` and ``val/`` with the same class folders, each holding
-    an image; the files of an extracted CIFAR/STL archive. The images themselves are not read."""
-    if data.root is None or data.dataset not in {"imagefolder", *_DATASET_FILES}:
-        return  # digits is built in; the IDX data sets are checked by the config
-    root = Path(data.root)
-    where = f"data.root {str(root)!r}"
-    if data.dataset != "imagefolder":
-        missing = [name for name in _DATASET_FILES[data.dataset] if not (root / name).is_file()]
-        if missing:
-            raise DataError(f"{where} has no {missing[0]}: put the extracted {data.dataset} data set there")
-        return
-    classes: dict[str, list[str]] = {}
-    for split in ("train", "val"):
-        folder = root / split
-        if not folder.is_dir():
-            raise DataError(
-                f"{where} has no {split}/ directory: an imagefolder root needs train/<class>/... and val/<class>/..."
-            )
-        classes[split] = sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
-        empty = next((name for name in classes[split] if not _holds_an_image(folder / name)), None)
-        if not classes[split] or empty is not None:
-            what = f"{split}/{empty}/ holds no image" if empty else f"{split}/ holds no class folder"
-            raise DataError(
-                f"{where}: {what} ({', '.join(_IMAGE_SUFFIXES)}): an imagefolder root needs {split}/<class>/<image>"
-            )
-    if classes["train"] != classes["val"]:
-        raise DataError(f"{where}: train/ and val/ must hold the same class folders")
-
-
-def _holds_an_image(folder: Path) -> bool:
-    return any(
-        entry.is_file() and entry.name.lower().endswith(_IMAGE_SUFFIXES) for entry in os.scandir(folder)
-    )  # stops at the first image: a class folder of ImageNet is not listed whole
 
 
 def _check_local_cuda() -> None:
