@@ -34,7 +34,14 @@ from sweeper.engine import Trainer
 from sweeper.errors import ConfigError
 from sweeper.methods import SSLMethod
 
-__all__ = ["Equivalence", "MethodContractError", "check_method", "ddp_equivalence", "loss_before_after", "method_config"]
+__all__ = [
+    "Equivalence",
+    "MethodContractError",
+    "check_method",
+    "ddp_equivalence",
+    "loss_before_after",
+    "method_config",
+]
 
 BATCH = 32
 

@@ -62,6 +62,7 @@ def write_report(report: SweepReport) -> list[Path]:
         "status": report.status_counts(),
         "unfinished": report.unfinished(),
         "n_seeds": report.n_seeds,
+        "oracle_skipped": report.oracle_skipped,
         "uncertainty": _UNCERTAINTY if report.n_seeds > 1 else NO_UNCERTAINTY,
         "selections": rows,
         "configurations": _records(report.configurations) if report.n_seeds > 1 else [],

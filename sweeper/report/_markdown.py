@@ -39,6 +39,12 @@ def format_summary(report: SweepReport) -> str:
         lines += [f"**{note}**", ""]
     if report.picks:
         lines += [_headline_sentence(report), ""]
+    if report.oracle_skipped:
+        lines += [
+            f"**No oracle: {report.oracle_skipped}.** The picks are label-free only; their accuracy and gap to "
+            "the oracle are unknown.",
+            "",
+        ]
     lines += _confirmation_sentences(report)
     if len(report.table):
         lines += ["### Trials", "", markdown_table(report.table[_trial_columns(report)]), ""]

@@ -20,6 +20,7 @@ from sweeper.names import (
     CONFIRM_PHASE,
     OK,
     OOD_MEAN,
+    ORACLE_SKIPPED,
     PHASE,
     RANKME_EMBEDDING,
     RANKME_PROTOTYPES,
@@ -268,6 +269,15 @@ class SweepReport:
         """Trials still running, pending, or not started yet."""
         waiting = sum(n for status, n in self.status_counts().items() if status in UNFINISHED_STATUSES)
         return waiting + self.not_started()
+
+    @property
+    def oracle_skipped(self) -> str | None:
+        """Why the labelled probes did not run (a data set without labels or without a test
+        split), as the trials reported it; None when they ran or were not configured."""
+        if ORACLE_SKIPPED not in self.table.columns:
+            return None
+        reasons = self.table[ORACLE_SKIPPED].dropna()
+        return str(reasons.iloc[0]) if len(reasons) else None
 
     def progress_note(self) -> str | None:
         """A sentence for a partly finished sweep, None when every trial has ended."""

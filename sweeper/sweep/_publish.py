@@ -23,6 +23,7 @@ SELECTED_BY_TAG = "sweeper.selected_by"  # on a child run: the rules that picked
 PICK_TAG_PREFIX = "sweeper.pick."  # sweeper.pick.<rule> on the parent run: the trials it picked
 HEADLINE_TAG = "sweeper.pick"  # the pick of selection.rule: the trials the sweep recommends
 HEADLINE_RULE_TAG = "sweeper.pick_rule"
+ORACLE_SKIPPED_TAG = "sweeper.oracle_skipped"  # on the parent run: why no labelled probe ran
 
 
 def sweep_report(directory: SweepLocation | Path | str, config: SweeperConfig) -> report.SweepReport:
@@ -65,6 +66,8 @@ def _log_selection(sweep: report.SweepReport, tracker: SweepTracker, files: list
     rule, headline = sweep.headline
     tags = {f"{PICK_TAG_PREFIX}{name}": ",".join(pick.trial_ids) for name, pick in sweep.picks.items()}
     tags[HEADLINE_RULE_TAG] = rule
+    if sweep.oracle_skipped:
+        tags[ORACLE_SKIPPED_TAG] = sweep.oracle_skipped
     if headline is not None:  # else an earlier headline tag is deleted: nothing is recommended
         tags[HEADLINE_TAG] = ",".join(headline.trial_ids)
     tracker.set_parent_tags(tags, replace_prefix=HEADLINE_TAG)

@@ -56,7 +56,9 @@ def load_sweep_config(name_or_path: str | Path, *, storage_path: str | Path = ".
     """The config a sweep was started with, from its directory or its name under ``storage_path``.
 
     ``storage_path`` and ``name`` are set from where the sweep was found, so a sweep directory
-    that was moved or mounted elsewhere resumes in place.
+    that was moved or mounted elsewhere resumes in place. The config is read as saved, its
+    components not resolved: reading a sweep (status, compare, a resume's checks) needs neither
+    its data nor its plugins on this machine; a resumed run checks both in its preflight.
 
     Raises:
         SweepError: If no sweep directory (one holding ``sweeper.yaml``) is found, or its
@@ -86,6 +88,7 @@ def load_sweep_config(name_or_path: str | Path, *, storage_path: str | Path = ".
             return load_config(
                 data=_absolute_stores(data, location, source=source),
                 overrides={"storage_path": location.parent_uri(), "name": location.name},
+                resolve=False,
             )
         except ConfigError as exc:  # edited by hand, or saved by another version
             raise SweepError(f"{source}: {exc}") from None
