@@ -101,16 +101,19 @@ class ModelConfig(Strict):
         target = resolved_name("backbone", name, info)
         if resolving(info) and target.startswith("timm/"):
             check_timm_model(target.removeprefix("timm/"))
+        elif resolving(info) and target.startswith("torchvision/"):
+            check_torchvision_model(target.removeprefix("torchvision/"))
         return target
 
     @field_validator("backbone_args")
     @classmethod
     def _no_downloads(cls, args: dict[str, Any]) -> dict[str, Any]:
-        if args.get("pretrained") not in (None, False):
-            raise ValueError(
-                "pretrained weights are never downloaded: remove backbone_args.pretrained and set "
-                "model.pretrained to a local weights file"
-            )
+        for key in ("pretrained", "weights", "weights_backbone"):  # timm's and torchvision's
+            if args.get(key) not in (None, False):
+                raise ValueError(
+                    f"pretrained weights are never downloaded: remove backbone_args.{key} and set "
+                    "model.pretrained to a local weights file"
+                )
         return args
 
     @field_validator("pretrained")
@@ -136,6 +139,27 @@ def check_timm_model(name: str) -> None:
         close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
         hint = f" (did you mean {' or '.join(repr(f'timm/{c}') for c in close)}?)" if close else ""
         raise ValueError(f"timm has no model {name!r}{hint}: see timm.list_models()")
+
+
+def check_torchvision_model(name: str) -> None:
+    """``name`` must be one of torchvision's classification models (closest names suggested):
+    its detection, segmentation, video, optical-flow and quantized models are no image
+    backbones, and their builders download ImageNet weights for their trunk by default."""
+    from torchvision import models  # torch is imported only when a config names torchvision/
+
+    classifiers = models.list_models(module=models)
+    if name in classifiers:
+        return
+    if name in models.list_models():
+        raise ValueError(
+            f"torchvision/{name} is not a classification model: a backbone is one of "
+            "torchvision.models.list_models(module=torchvision.models)"
+        )
+    close = difflib.get_close_matches(name, classifiers, n=3, cutoff=0.6)
+    hint = f" (did you mean {' or '.join(repr(f'torchvision/{c}') for c in close)}?)" if close else ""
+    raise ValueError(
+        f"torchvision has no model {name!r}{hint}: see torchvision.models.list_models(module=torchvision.models)"
+    )
 
 
 class TrainConfig(Strict):

@@ -11,10 +11,12 @@ declared widths (timm's ``num_features``) differ from the pooled output for some
 * a built-in name (:data:`sweeper.registry.BUILTIN_BACKBONES`);
 * ``timm/<name>``: ``timm.create_model(name, pretrained=False, num_classes=0,
   in_chans=C, **backbone_args)`` (``img_size`` set to ``data.image_size`` for models with a
-  fixed input size, such as ViTs; timm is the optional extra ``sweeper[timm]``);
-* ``torchvision/<name>``: ``torchvision.models.get_model(name, weights=None, **backbone_args)``
-  with its classifier (the last linear layer) replaced by the identity and, for C ≠ 3, its first
-  convolution rebuilt for C channels (``image_size`` set for ``vit_*``);
+  fixed input size, such as ViTs; ``num_classes`` and ``in_chans`` are not backbone args; timm is
+  the optional extra ``sweeper[timm]``);
+* ``torchvision/<name>``, one of its classification models:
+  ``torchvision.models.get_model(name, weights=None, **backbone_args)`` with its classifier (the
+  last linear layer) replaced by the identity and, for C ≠ 3, its first convolution rebuilt for C
+  channels (``image_size`` set for ``vit_*``, auxiliary heads off for GoogLeNet and Inception v3);
 * a factory (registered, entry point or ``module:factory``) called as
   ``factory(*, in_channels, image_size, **backbone_args) -> nn.Module``.
 
@@ -142,7 +144,8 @@ def vit_s16(*, in_channels: int, image_size: int, cifar_stem: bool | None = None
 def _timm(model_name: str, *, in_channels: int, image_size: int, args: dict[str, Any]) -> nn.Module:
     import timm
 
-    kwargs: dict[str, Any] = {"num_classes": 0, "in_chans": in_channels, **args, "pretrained": False}
+    _check_reserved(f"timm/{model_name}", args, num_classes="0: the pooled features", in_chans="the data's channels")
+    kwargs: dict[str, Any] = {**args, "num_classes": 0, "in_chans": in_channels, "pretrained": False}
     config = timm.models.get_pretrained_cfg(model_name)
     if config is not None and config.fixed_input_size and "img_size" not in args:
         kwargs["img_size"] = image_size  # ViTs and the like: position embeddings for this side
@@ -152,12 +155,40 @@ def _timm(model_name: str, *, in_channels: int, image_size: int, args: dict[str,
         raise ConfigError(f"model.backbone_args: timm/{model_name} does not take them ({exc})") from None
 
 
+def _check_reserved(model: str, args: Mapping[str, Any], **reserved: str) -> None:
+    """Refuse ``backbone_args`` that sweeper sets itself (``reserved``: each key's value and
+    why) and any ``pretrained``/``weights`` that would download weights.
+
+    Raises:
+        ConfigError: the first such key.
+    """
+    for key, value in reserved.items():
+        if key in args:
+            raise ConfigError(f"model.backbone_args: {key} of {model} is set by sweeper ({value}): remove it")
+    for key in ("pretrained", "weights", "weights_backbone"):
+        if args.get(key) not in (None, False):
+            raise ConfigError(
+                f"model.backbone_args: {key} of {model} would download weights: remove it and set "
+                "model.pretrained to a local weights file"
+            )
+
+
+# torchvision classifiers with auxiliary heads (and a namedtuple output in training mode).
+_AUXILIARY_HEADS = ("googlenet", "inception_v3")
+
+
 def _torchvision(model_name: str, *, in_channels: int, image_size: int, args: dict[str, Any]) -> nn.Module:
     from torchvision import models
 
-    kwargs = dict(args)
+    if model_name not in models.list_models(module=models):
+        # Detection, segmentation and video builders download ImageNet weights for their trunk.
+        raise ConfigError(f"model.backbone: torchvision/{model_name} is not one of torchvision's classification models")
+    _check_reserved(f"torchvision/{model_name}", args)
+    kwargs = {k: v for k, v in args.items() if k != "weights"}
     if model_name.startswith("vit_"):
         kwargs.setdefault("image_size", image_size)
+    if model_name in _AUXILIARY_HEADS:
+        kwargs.setdefault("aux_logits", False)  # else training mode returns a tuple of logits
     try:
         net = models.get_model(model_name, weights=None, **kwargs)
     except TypeError as exc:
@@ -194,15 +225,9 @@ def _replace(net: nn.Module, dotted: str, new: nn.Module) -> None:
 
 def _load_weights(module: nn.Module, path: Path, *, what: str) -> None:
     """Load the state dict in the local file ``path`` into ``module`` (see the module docstring)."""
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state: Any = load_file(str(path))
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a bad file
-            raise ConfigError(f"model.pretrained: {path} is not a torch weights file ({type(exc).__name__})") from None
+    if not path.is_file():
+        raise ConfigError(f"model.pretrained: {path} is not a file: point it at a local weights file")
+    state = _read_weights(path)
     for key in ("state_dict", "model"):
         if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
             state = state[key]
@@ -219,6 +244,25 @@ def _load_weights(module: nn.Module, path: Path, *, what: str) -> None:
             f"model.pretrained: {path} lacks {len(missing)} weights of {what} (e.g. {missing[:3]}): is it a "
             "checkpoint of this model?"
         )
+
+
+def _read_weights(path: Path) -> Any:
+    """What the weights file ``path`` holds: safetensors by its suffix, else ``torch.load``
+    without unpickling arbitrary objects.
+
+    Raises:
+        ConfigError: the file is not one of these formats (or safetensors is not installed).
+    """
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except ImportError:
+        raise ConfigError(f"model.pretrained: {path} needs safetensors: pip install safetensors") from None
+    except Exception as exc:  # noqa: BLE001 - torch and safetensors raise many kinds for a bad file
+        raise ConfigError(f"model.pretrained: {path} is not a weights file ({type(exc).__name__})") from None
 
 
 class _SmallCNN(nn.Module):
