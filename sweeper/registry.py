@@ -335,7 +335,7 @@ def resolve(kind: Kind, name: str, *, search_dirs: Sequence[Path] = ()) -> Compo
         )
     if points:
         return Component(kind, name, points[0].value.replace(" ", ""), f"entry point of {_distribution(points[0])}")
-    known = [*_BUILTINS[kind], *_REGISTERED[kind], *_entry_points(kind)]
+    known = list(dict.fromkeys([*_BUILTINS[kind], *_REGISTERED[kind], *_entry_points(kind)]))
     families = " (or timm/<name>, torchvision/<name>)" if kind == "backbone" else ""
     raise ConfigError(
         f"{key}: unknown {kind} {name!r}{_closest(name, known)}; known: {sorted(known)}{families}, "
@@ -444,8 +444,7 @@ def _entry_points(kind: Kind) -> dict[str, list[importlib.metadata.EntryPoint]]:
         if identity in seen:
             continue
         seen.add(identity)
-        if point.name not in _BUILTINS[kind]:
-            by_name.setdefault(point.name, []).append(point)
+        by_name.setdefault(point.name, []).append(point)  # a built-in's name: listed, never resolved
     return by_name
 
 
