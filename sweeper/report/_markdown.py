@@ -55,12 +55,7 @@ def format_summary(report: SweepReport) -> str:
     lines += [
         "### Selections",
         "",
-        "Oracle accuracy of each rule's pick (%, mean over its seeds"
-        + (", ± std over seeds" if report.n_seeds > 1 else "")
-        + ") and its gap to the oracle's configuration (points; 0 = as good as the labelled "
-        "oracle"
-        + (", in square brackets its 95 % paired-bootstrap interval over seeds" if report.n_seeds > 1 else "")
-        + ").",
+        _selections_intro(report),
         "",
         markdown_table(_selection_frame(report)),
         "",
@@ -69,6 +64,19 @@ def format_summary(report: SweepReport) -> str:
         *_correlation_tables(report),
     ]
     return "\n".join(lines)
+
+
+def _selections_intro(report: SweepReport) -> str:
+    if not report.oracle_metrics:
+        return "Each rule's pick and the value it decided on (no oracle accuracy: no labelled probe ran)."
+    seeds = report.n_seeds > 1
+    return (
+        "Oracle accuracy of each rule's pick (%, mean over its seeds"
+        + (", ± std over seeds" if seeds else "")
+        + ") and its gap to the oracle's configuration (points; 0 = as good as the labelled oracle"
+        + (", in square brackets its 95 % paired-bootstrap interval over seeds" if seeds else "")
+        + ")."
+    )
 
 
 def _title(report: SweepReport) -> str:
