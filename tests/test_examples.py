@@ -132,3 +132,15 @@ def test_example_sweep_runs_from_the_repository_root(name: str, installed: dict[
         saved = yaml.safe_load((sweep / "sweeper.yaml").read_text())
         targets = [saved["method"]["name"], saved["model"]["backbone"], saved["data"]["dataset"]]
         assert any((installed[name] / t.partition(":")[0].split(".")[0]).is_dir() for t in targets if ":" in t), targets
+
+
+def test_the_readme_shows_the_dcl_plugin_as_it_is() -> None:
+    """README's "Bring your own" prints examples/dcl/dcl.py less its docstring: the shortest
+    complete plugin, which the sweep above runs, must be what readers copy."""
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index(
+        "```python\nfrom collections.abc import Sequence\n\nimport torch\nfrom lightly.loss import DCLLoss"
+    )
+    shown = readme[start + len("```python\n") : readme.index("```", start + 3)]
+    source = (EXAMPLES / "dcl" / "dcl.py").read_text()
+    assert source.endswith(shown) and source[: -len(shown)].strip().startswith('"""'), "README and dcl.py differ"
