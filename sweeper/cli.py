@@ -48,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_run(commands)
     _add_cluster_commands(commands)
     _add_sweep_commands(commands)
+    _add_component_commands(commands)
     rankme = commands.add_parser("rankme", help="label-free metrics of an embedding file")
     rankme.add_argument("file", type=Path, help=".npy or .pt file with an (N, K) embedding matrix")
     rankme.add_argument("--json", action="store_true", help="print JSON")
@@ -99,6 +100,29 @@ def _add_cluster_commands(commands: argparse._SubParsersAction) -> None:
     slurm.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     slurm.add_argument("--dry-run", action="store_true", help="print the batch script, submit nothing")
     slurm.set_defaults(handler=_slurm)
+
+
+def _add_component_commands(commands: argparse._SubParsersAction) -> None:
+    check = commands.add_parser(
+        "check",
+        help="import and try every component of a config, here and on every node of a cluster",
+        description="Import the config's plugins, method, backbone (built, its width measured) and data sets (their "
+        "factories imported, no data loaded) as a trial would, and print one line per component. With --address, "
+        "the same on every node of that Ray cluster, the plugin modules shipped as a sweep ships them.",
+    )
+    check.add_argument("config", type=Path, help="YAML config")
+    check.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    check.add_argument("--address", help="also check on every node of this Ray cluster: auto or HOST:PORT")
+    check.set_defaults(handler=_check)
+
+    plugins = commands.add_parser(
+        "plugins",
+        help="the methods, backbones and data sets sweeper knows, with their targets and sources",
+        description="Every built-in, registered and entry-point component of each kind; with a CONFIG, its plugins "
+        "are imported first, so the names they register show.",
+    )
+    plugins.add_argument("config", type=Path, nargs="?", help="a YAML config whose plugins to import first")
+    plugins.set_defaults(handler=_plugins)
 
 
 def _add_sweep_commands(commands: argparse._SubParsersAction) -> None:
@@ -204,7 +228,7 @@ def _submit(args: argparse.Namespace) -> int:
     from sweeper.config import load_config
     from sweeper.yamlio import read_yaml
 
-    load_config(args.config, overrides=args.overrides)  # fail here, not on the cluster
+    config = load_config(args.config, overrides=args.overrides)  # fail here, not on the cluster
     runtime_env = None
     if args.runtime_env is not None:
         if not args.runtime_env.is_file():
@@ -219,7 +243,12 @@ def _submit(args: argparse.Namespace) -> int:
     from sweeper.submit import submit_sweep
 
     return submit_sweep(
-        args.config, address=args.address, overrides=args.overrides, runtime_env=runtime_env, wait=args.wait
+        args.config,
+        address=args.address,
+        overrides=args.overrides,
+        runtime_env=runtime_env,
+        wait=args.wait,
+        config=config,
     )
 
 
@@ -235,6 +264,41 @@ def _slurm(args: argparse.Namespace) -> int:
         account=args.account,
     )
     return submit_slurm(args.config, overrides=args.overrides, resources=resources, dry_run=args.dry_run)
+
+
+def _check(args: argparse.Namespace) -> int:
+    from sweeper.config import load_config
+
+    config = load_config(args.config, overrides=args.overrides)
+    from sweeper.sweep import check_everywhere  # ray and tune: only once the config loaded
+
+    beside = [args.config.expanduser().resolve().parent]
+    here, nodes = check_everywhere(config, address=args.address, search_dirs=beside)
+    if nodes:
+        print("this machine:")
+    for check in here:
+        print(f"  {check.line()}" if nodes else check.line())
+    for node, checks in nodes.items():
+        print(f"node {node}:")
+        for check in checks:
+            print(f"  {check.line()}")
+    where = f"here and on {len(nodes)} node(s) of {args.address}" if nodes else "here"
+    print(f"{args.config}: {len(here)} component(s) import and fit {where}")
+    return 0
+
+
+def _plugins(args: argparse.Namespace) -> int:
+    from sweeper.config import load_config
+    from sweeper.sweep import component_listing
+
+    plugins: list[str] = []
+    beside: list[Path] = []
+    if args.config is not None:  # its plugins only: what they register shows, nothing else is needed
+        plugins = load_config(args.config, resolve=False).plugins
+        beside = [args.config.expanduser().resolve().parent]
+    for line in component_listing(plugins, search_dirs=beside):
+        print(line)
+    return 0
 
 
 def _resume(args: argparse.Namespace) -> int:

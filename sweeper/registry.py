@@ -71,6 +71,9 @@ __all__ = [
     "method_class",
     "method_has_prototypes",
     "method_params",
+    "first_line",
+    "installed_roots",
+    "module_location",
     "modules_to_ship",
     "register_backbone",
     "register_dataset",
@@ -229,9 +232,9 @@ def import_module(name: str, *, search_dirs: Sequence[Path] = (), key: str = "pl
     if not name or not all(part.isidentifier() for part in name.split(".")):
         raise ConfigError(f"{key}: {name!r} is not a module name (write package.module)")
     top = name.partition(".")[0]
-    if top not in sys.modules and importlib.util.find_spec(top) is None:
-        _import_beside(top, search_dirs)
     try:
+        if top not in sys.modules and importlib.util.find_spec(top) is None:
+            _import_beside(top, search_dirs)  # inside the try: a module found beside may raise too
         return importlib.import_module(name)
     except ModuleNotFoundError as exc:
         if exc.name is not None and name.startswith(exc.name):
@@ -240,11 +243,11 @@ def import_module(name: str, *, search_dirs: Sequence[Path] = (), key: str = "pl
                 f"{key}: module {name!r} not found: install its package (pip install -e DIR), put it on "
                 f"PYTHONPATH, or place it in {places}"
             ) from None
-        raise ConfigError(f"{key}: module {name!r} does not import: {_first_line(exc)}") from None
+        raise ConfigError(f"{key}: module {name!r} does not import: {first_line(exc)}") from None
     except ConfigError:
         raise
     except Exception as exc:  # noqa: BLE001 - a plugin may raise anything while importing
-        raise ConfigError(f"{key}: module {name!r} raised while importing: {_first_line(exc)}") from None
+        raise ConfigError(f"{key}: module {name!r} raised while importing: {first_line(exc)}") from None
 
 
 def _import_beside(top: str, search_dirs: Sequence[Path]) -> None:
@@ -465,10 +468,10 @@ def modules_to_ship(targets: Iterable[str], plugins: Sequence[str] = ()) -> list
         if top not in tops and top != "sweeper":
             tops.append(top)
     shipped: list[Path] = []
-    installed = _installed_roots()
+    installed = installed_roots()
     for top in tops:
         module = sys.modules.get(top)
-        location = _module_location(module) if module is not None else None
+        location = module_location(module) if module is not None else None
         if location is None or any(_is_within(location, root) for root in installed):
             continue
         if location not in shipped:
@@ -476,9 +479,9 @@ def modules_to_ship(targets: Iterable[str], plugins: Sequence[str] = ()) -> list
     return shipped
 
 
-def _module_location(module: ModuleType) -> Path | None:
-    """A package's directory or a single module's file; None for a namespace package or a
-    built-in module."""
+def module_location(module: ModuleType) -> Path | None:
+    """Where ``module`` was imported from: a package's directory or a single module's file; None
+    for a namespace package or a built-in module."""
     paths = list(getattr(module, "__path__", []) or [])
     if paths:
         return Path(paths[0]).resolve() if len(paths) == 1 else None
@@ -486,7 +489,9 @@ def _module_location(module: ModuleType) -> Path | None:
     return Path(file).resolve() if file else None
 
 
-def _installed_roots() -> list[Path]:
+def installed_roots() -> list[Path]:
+    """The directories of installed code (site-packages, the standard library, the user site,
+    Ray's runtime_env directory): code under them is not shipped to the workers."""
     roots = {sysconfig.get_paths()[key] for key in ("purelib", "platlib", "stdlib", "platstdlib")}
     roots |= set(getattr(site, "getsitepackages", list)())
     user = getattr(site, "getusersitepackages", lambda: None)()
@@ -515,7 +520,8 @@ def _describe(obj: Any) -> str:
     return f"a {type(obj).__name__}"
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """``Type: the first line of the message`` (at most 200 characters)."""
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
 

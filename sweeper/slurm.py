@@ -13,6 +13,16 @@ sweep submitted again, resumes the sweep (finished trials kept, nothing logged t
 its config (validated, overrides applied) inside the script, so editing the YAML after
 submitting changes nothing for a queued or requeued job.
 
+Plugin modules (``plugins:``, ``module:attr`` targets) that are not installed reach the job as
+a ``sweeper run`` on one machine reaches them: the driver imports them and ships its copy to
+every Ray worker in the job's runtime_env ``py_modules``. The job's driver, though, reads the
+config from the job's own directory and runs in the submit directory, so a module that was
+found beside the config, or elsewhere on this shell's ``PYTHONPATH``, would not import there: the
+script puts the directories of such modules on the driver's ``PYTHONPATH``
+(:func:`driver_pythonpath`; they must be visible from the head node, as the submit directory is).
+Only the driver's: the workers import the copy it ships, so every trial runs the code the sweep
+started with.
+
 Ray >= 2.5x heads may demand token authentication: the job uses ``RAY_AUTH_MODE=token``
 (unless the submitting environment sets another mode) with the token from ``RAY_AUTH_TOKEN``,
 ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``, and without one generates a fresh token for
@@ -50,6 +60,7 @@ __all__ = [
     "batch_script",
     "check_shared_storage",
     "check_shared_tracking",
+    "driver_pythonpath",
     "filesystem_type",
     "frozen_config",
     "slurm_directory",
@@ -112,7 +123,11 @@ def submit_slurm(
     check_shared_tracking(config.tracking.uri, nodes=resources.nodes)
     _check_fits(config, resources)
     directory = slurm_directory(config)
-    script = batch_script(config, resources, directory=directory, workdir=Path.cwd(), bin_dir=_bin_dir())
+    workdir = Path.cwd()
+    plugin_dirs = driver_pythonpath(config, workdir=workdir, search_dirs=[config_path.expanduser().resolve().parent])
+    script = batch_script(
+        config, resources, directory=directory, workdir=workdir, bin_dir=_bin_dir(), plugin_dirs=plugin_dirs
+    )
     if dry_run:
         out.write(script)
         return 0
@@ -139,6 +154,18 @@ def frozen_config(config: SweeperConfig) -> SweeperConfig:
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         changes["tracking.uri"] = f"sqlite:///{Path(uri.removeprefix('sqlite:///')).expanduser().resolve()}"
     return config.with_overrides(changes) if changes else config
+
+
+def driver_pythonpath(config: SweeperConfig, *, workdir: Path, search_dirs: Sequence[Path] = ()) -> list[Path]:
+    """The directories the job's driver needs on ``PYTHONPATH``: those holding the plugin
+    modules to ship (:func:`sweeper.sweep.plugin_runtime_env`), except ``workdir``, where the
+    driver runs and finds a module by name (``search_dirs``: where the config's modules were
+    looked for, its own directory)."""
+    from sweeper.sweep import plugin_runtime_env
+
+    shipped = (plugin_runtime_env(config, search_dirs=search_dirs) or {}).get("py_modules", [])
+    parents = dict.fromkeys(Path(module).parent for module in shipped)
+    return [parent for parent in parents if parent != workdir.resolve()]
 
 
 def slurm_directory(config: SweeperConfig, *, workdir: Path | None = None) -> Path:
@@ -248,12 +275,22 @@ def _sbatch(sbatch: str, script: Path) -> str:
 
 
 def batch_script(
-    config: SweeperConfig, resources: SlurmResources, *, directory: Path, workdir: Path, bin_dir: Path
+    config: SweeperConfig,
+    resources: SlurmResources,
+    *,
+    directory: Path,
+    workdir: Path,
+    bin_dir: Path,
+    plugin_dirs: Sequence[Path] = (),
 ) -> str:
-    """The batch script: ``#SBATCH`` options, the config, then :data:`_BODY` (Ray's pattern)."""
+    """The batch script: ``#SBATCH`` options, the config, then :data:`_BODY` (Ray's pattern);
+    ``plugin_dirs`` go on the driver's ``PYTHONPATH`` (:func:`driver_pythonpath`)."""
     for path in (directory, workdir, bin_dir):
         if re.search(r"\s", str(path)):  # #SBATCH lines are split at whitespace
             raise SubmitError(f"{path}: a path with whitespace cannot go into #SBATCH lines; use another directory")
+    for path in plugin_dirs:
+        if os.pathsep in str(path):
+            raise SubmitError(f"{path}: a plugin directory with {os.pathsep!r} cannot go on PYTHONPATH; move it")
     options = [
         f"--job-name=sweeper-{config.name}",
         f"--nodes={resources.nodes}",
@@ -277,6 +314,7 @@ def batch_script(
         "SWEEPER_BIN": str(bin_dir),
         "SWEEPER_SLURM_DIR": str(directory),
         "SWEEPER_GPUS": str(resources.gpus_per_node) if resources.gpus_per_node is not None else "",
+        "SWEEPER_DRIVER_PYTHONPATH": os.pathsep.join(str(path) for path in plugin_dirs),
     }
     header = [
         "#!/bin/bash",
@@ -399,8 +437,10 @@ while (alive := sum(node["Alive"] for node in ray.nodes())) < wanted:
     waiting(f"only {alive} of {wanted} Ray nodes joined")
 PY
 
-# Requeue-safe: a sweep that exists (requeued or resubmitted job) is resumed, never rerun.
-"$SWEEPER_BIN/sweeper" run "$CONFIG" --address "$SWEEPER_RAY_HEAD" --resume-if-exists &
+# Requeue-safe: a sweep that exists (requeued or resubmitted job) is resumed, never rerun. The
+# plugin directories go first on the driver's PYTHONPATH (only the driver's: it ships them to Ray).
+PYTHONPATH="$SWEEPER_DRIVER_PYTHONPATH${PYTHONPATH:+${SWEEPER_DRIVER_PYTHONPATH:+:}$PYTHONPATH}" \
+    "$SWEEPER_BIN/sweeper" run "$CONFIG" --address "$SWEEPER_RAY_HEAD" --resume-if-exists &
 driver=$!
 wait "$driver"
 status=$?

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -76,6 +77,33 @@ def test_rankme_command_on_a_file(tmp_path: Path) -> None:
     p = s / s.sum() + 1e-7
     assert values["rankme"] == pytest.approx(float(np.exp(-(p * np.log(p)).sum())), rel=1e-5)
     assert values["classical_rank"] == 5
+
+
+def test_check_prints_the_built_in_components_and_refuses_an_unreachable_cluster(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(tiny_config_data(tmp_path)))
+    done = sweeper("check", str(path), "--set", "model.backbone=resnet18", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert [line.split(" (")[0].split() for line in lines[:3]] == [
+        ["method", "vicreg"],
+        ["backbone", "resnet18"],
+        ["dataset", "digits"],
+    ]
+    assert lines[0].endswith("sweeper/methods/vicreg.py: hyperparameters inv_weight, var_weight, cov_weight")
+    assert lines[1].endswith(": width 512 (measured on 2 dummy 1-channel 8 px images)")
+    assert lines[3] == f"{path}: 3 component(s) import and fit here" and len(lines) == 4
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    done = sweeper("check", str(path), "--address", f"127.0.0.1:{closed}", cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.splitlines() == [
+        f"sweeper: error: Ray address '127.0.0.1:{closed}' is unreachable (Connection refused): start the cluster, "
+        "or fix --address / RAY_ADDRESS (omit both for an embedded local Ray)"
+    ]
+    assert not (tmp_path / "sweeps").exists()
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shlex
 import shutil
 import stat
 import subprocess
@@ -116,6 +117,45 @@ def test_whole_nodes_without_cpus_per_node(tmp_path, capsys, monkeypatch) -> Non
     assert not any(o.startswith(("--cpus-per-task", "--gpus-per-node", "--partition", "--time")) for o in options)
     assert "SWEEPER_GPUS=''\n" in script  # Ray detects the GPUs Slurm gives each step
     assert _embedded_config(script)["storage_path"] == "s3://bucket/sweeps"
+
+
+def test_plugins_outside_the_submit_directory_go_on_the_drivers_pythonpath(tmp_path, capsys, monkeypatch) -> None:
+    """The job's driver reads its config from the job's directory and runs in the submit
+    directory: a plugin found beside the config, or elsewhere on this shell's sys.path, would not
+    import there. The script puts their directories, and only theirs, first on the driver's
+    PYTHONPATH (the driver ships them to the workers)."""
+    work, configs, lib = tmp_path / "work", tmp_path / "configs", tmp_path / "lib"
+    for directory in (work, configs, lib / "slurm_far_plugin"):
+        directory.mkdir(parents=True)
+    (work / "slurm_local_plugin.py").write_text("WHERE = 'the submit directory'\n")
+    (configs / "slurm_beside_plugin.py").write_text("WHERE = 'beside the config'\n")
+    (lib / "slurm_far_plugin" / "__init__.py").write_text("WHERE = 'on sys.path'\n")
+    monkeypatch.chdir(work)
+    monkeypatch.syspath_prepend(str(lib))
+    data = tiny_config_data(tmp_path, name="slurm-plugins")
+    data["plugins"] = ["slurm_local_plugin", "slurm_beside_plugin", "slurm_far_plugin"]
+    (configs / "sweep.yaml").write_text(yaml.safe_dump(data))
+
+    assert main(["slurm", str(configs / "sweep.yaml"), "--nodes", "1", "--dry-run"]) == 0
+    script = capsys.readouterr().out
+
+    assert f"SWEEPER_DRIVER_PYTHONPATH={configs}:{lib}\n" in script  # not the submit directory
+    assert _embedded_config(script)["plugins"] == data["plugins"]
+    # The driver's line as the job runs it: in the submit directory, with the user's PYTHONPATH.
+    variable = next(line for line in script.splitlines() if line.startswith("SWEEPER_DRIVER_PYTHONPATH="))
+    driver = script[script.index('PYTHONPATH="$SWEEPER_DRIVER_PYTHONPATH') :].split(" \\\n", 1)[0]
+    probe = (
+        "import importlib.util, os; print(os.environ['PYTHONPATH']); "
+        "print(*(importlib.util.find_spec(m).origin for m in ('slurm_beside_plugin', 'slurm_far_plugin')))"
+    )
+    command = f"set -u; {variable}; {driver} {shlex.quote(sys.executable)} -c {shlex.quote(probe)}"
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": "/users/own/path"}
+    done = subprocess.run(["bash", "-c", command], cwd=work, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        f"{configs}:{lib}:/users/own/path",
+        f"{configs / 'slurm_beside_plugin.py'} {lib / 'slurm_far_plugin' / '__init__.py'}",
+    ]
 
 
 @pytest.mark.parametrize("nodes", [1, 3])

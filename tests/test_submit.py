@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -51,6 +52,10 @@ def ray_head(tmp_path_factory, token):
         "--dashboard-host=127.0.0.1",
         f"--dashboard-port={dashboard}",
         "--num-cpus=2",
+        # Ray's fixed default (52365): a second Ray on this machine holding it leaves this head
+        # without a job agent, which refuses every job ("No available agent to submit job").
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--ray-client-server-port={free_port()}",
         "--include-dashboard=true",
         "--disable-usage-stats",
     ]
@@ -58,10 +63,31 @@ def ray_head(tmp_path_factory, token):
         head = subprocess.Popen(start, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_http(f"http://127.0.0.1:{dashboard}/api/version", timeout=180)
+        _wait_for_the_job_agent(f"http://127.0.0.1:{dashboard}", env)
         yield f"http://127.0.0.1:{dashboard}", env, f"127.0.0.1:{gcs}"
     finally:
         stop(head)  # SIGTERM to its session: `ray start --block` stops the processes it started
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _wait_for_the_job_agent(address: str, env: dict, timeout: float = 180) -> None:
+    """The dashboard answers before its job agent registers (a job submitted then is refused:
+    "No available agent to submit job"), the later the busier the machine: a trivial job,
+    retried until the head runs it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done = subprocess.run(
+            [str(BIN / "ray"), "job", "submit", "--address", address, "--", "true"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if done.returncode == 0:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the Ray head at {address} took no job in {timeout:g} s: {done.stderr[-500:]}")
+        time.sleep(2)
 
 
 @pytest.fixture(scope="module")
@@ -155,3 +181,100 @@ def test_an_embedded_sweep_never_joins_a_head_running_on_this_machine(ray_head) 
             recorded.unlink(missing_ok=True)
         else:
             recorded.write_bytes(before)
+
+
+FAR_PLUGIN = '''
+"""A backbone plugin that records where each build imported it from."""
+
+import os
+from pathlib import Path
+
+from torch import nn
+
+import sweeper
+
+LOG = Path({log!r})
+
+
+class Pooled(nn.Module):
+    def __init__(self, in_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 16, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x).mean(dim=(2, 3))
+
+
+@sweeper.register_backbone("far_cnn")
+def far_cnn(*, in_channels: int, image_size: int) -> nn.Module:
+    with LOG.open("a") as log:
+        log.write(f"{{os.getpid()}} {{__file__}}\\n")
+    return Pooled(in_channels)
+'''
+
+
+def test_the_job_ships_the_plugins_its_working_directory_lacks(tmp_path, monkeypatch) -> None:
+    """Ray puts the job's working directory on its PYTHONPATH: a plugin directly in it needs no
+    shipping; one beside a config in a subdirectory, or elsewhere on this machine's sys.path,
+    joins py_modules, after the user's own."""
+    from sweeper.config import load_config
+    from sweeper.submit import DEFAULT_EXCLUDES, job_runtime_env
+
+    work, configs, far = tmp_path / "work", tmp_path / "work" / "configs", tmp_path / "far"
+    for directory in (configs, far / "submit_far_plugin"):
+        directory.mkdir(parents=True)
+    (work / "submit_local_plugin.py").write_text("X = 1\n")
+    (configs / "submit_beside_plugin.py").write_text("X = 2\n")
+    (far / "submit_far_plugin" / "__init__.py").write_text("X = 3\n")
+    monkeypatch.chdir(work)
+    monkeypatch.syspath_prepend(str(far))
+    data = tiny_config_data(tmp_path, name="shipping")
+    data["plugins"] = ["submit_local_plugin", "submit_beside_plugin", "submit_far_plugin"]
+    (configs / "sweep.yaml").write_text(yaml.safe_dump(data))
+    config = load_config(configs / "sweep.yaml")
+
+    user = {"py_modules": ["s3://bucket/deps.zip"], "env_vars": {"OMP_NUM_THREADS": "1"}}
+    env = job_runtime_env(config, working_dir=work, runtime_env=user, search_dirs=[configs])
+
+    assert env == {
+        "working_dir": str(work),
+        "excludes": DEFAULT_EXCLUDES,
+        "env_vars": {"OMP_NUM_THREADS": "1"},
+        "py_modules": [
+            "s3://bucket/deps.zip",
+            str(configs / "submit_beside_plugin.py"),
+            str(far / "submit_far_plugin"),
+        ],
+    }
+    assert "py_modules" not in job_runtime_env(
+        config.with_overrides({"plugins": ["submit_local_plugin"]}), working_dir=work
+    )
+
+
+def test_a_plugin_outside_the_working_directory_reaches_the_job(tmp_path_factory, ray_head) -> None:
+    """The plugin is importable where `sweeper submit` runs (PYTHONPATH), not on the cluster:
+    the job's driver and its trials build the backbone from the copy the job shipped."""
+    address, env, _ = ray_head
+    far = tmp_path_factory.mktemp("far")
+    log = far / "builds.log"
+    (far / "far_plugin").mkdir()
+    (far / "far_plugin" / "__init__.py").write_text(FAR_PLUGIN.format(log=str(log)))
+    tmp_path = tmp_path_factory.mktemp("submitted-plugin")
+    work = tmp_path / "work"
+    work.mkdir()
+    data = tiny_config_data(tmp_path, name="far-plugin")
+    data["plugins"] = ["far_plugin"]
+    data["model"]["backbone"] = "far_cnn"
+    data["search"]["space"]["method.params.cov_weight"]["values"] = [0.0, 1.0]
+    data["train"]["epochs"] = 1
+    data["evaluation"] |= {"oracle": ["knn"], "rankme_samples": 500}
+    (work / "config.yaml").write_text(yaml.safe_dump(data))
+
+    done = _submit(work, address, {**env, "PYTHONPATH": str(far)}, "--wait")
+
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    assert "SUCCEEDED" in done.stdout
+    builds = [Path(line.split(" ", 1)[1]) for line in log.read_text().splitlines()]
+    assert len(builds) >= 3  # the job driver's preflight, the node's check, the two trials
+    for file in builds:
+        assert "runtime_resources" in file.parts and not file.is_relative_to(far), file

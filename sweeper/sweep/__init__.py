@@ -14,6 +14,14 @@ from __future__ import annotations
 
 from sweeper.errors import SweepError
 from sweeper.sweep._callback import TrackingCallback
+from sweeper.sweep._check import (
+    ComponentCheck,
+    check_components,
+    check_everywhere,
+    check_on_cluster,
+    component_listing,
+    plugin_runtime_env,
+)
 from sweeper.sweep._publish import Comparison, compare_sweeps, publish_report, sweep_report
 from sweeper.sweep._results import read_trials, trial_spectra, trial_table
 from sweeper.sweep._run import SweepInterrupted, SweepResult, preflight, run_sweep
@@ -21,11 +29,17 @@ from sweeper.sweep._state import load_sweep_config, sweep_location
 
 __all__ = [
     "Comparison",
+    "ComponentCheck",
     "SweepError",
     "SweepInterrupted",
     "SweepResult",
+    "check_components",
+    "check_everywhere",
+    "check_on_cluster",
     "compare_sweeps",
+    "component_listing",
     "load_sweep_config",
+    "plugin_runtime_env",
     "preflight",
     "publish_report",
     "read_trials",

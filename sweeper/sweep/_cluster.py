@@ -6,37 +6,57 @@ from __future__ import annotations
 import math
 import os
 import socket
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import ray
+from ray.exceptions import RuntimeEnvSetupError
 
 from sweeper.config import SweeperConfig
 from sweeper.errors import SweepError
 from sweeper.storage import SweepLocation
 
+# Set by Ray's job manager in a Ray Job's driver (ray._private.runtime_env.constants).
+_IN_RAY_JOB = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 _FIX_ADDRESS = "start the cluster, or fix --address / RAY_ADDRESS (omit both for an embedded local Ray)"
 
 
-def connect(address: str | None) -> bool:
+def connect(address: str | None, *, runtime_env: Mapping[str, Any] | None = None) -> bool:
     """Connect to Ray at ``address`` (else ``RAY_ADDRESS``, else an embedded local Ray);
-    returns True when this call started or joined an instance, False when one was running."""
+    returns True when this call started or joined an instance, False when one was running.
+
+    ``runtime_env`` becomes the driver's job's runtime environment, which every task and trial
+    inherits: the plugin modules to ship (:func:`sweeper.sweep._check.plugin_runtime_env`).
+    Inside a Ray Job (``sweeper submit``) it is not passed: the job's own runtime_env applies
+    (``sweeper submit`` puts the plugins there), and Ray would only merge or refuse a second one.
+    """
     if ray.is_initialized():
         return False
+    env = dict(runtime_env) if runtime_env and not os.environ.get(_IN_RAY_JOB) else None
     address = address or os.environ.get("RAY_ADDRESS")
-    if not address:
-        # An embedded, loopback-only Ray: its start-up warnings (token auth, ...) are noise here.
-        # "local": a new instance even while a `ray start` head runs on this machine, which a
-        # bare ray.init() would join (and lose the sweep with, when that head is stopped).
-        ray.init(address="local", include_dashboard=False, logging_level="ERROR")
-        return True
-    check_reachable(address)
     try:
-        ray.init(address=address, logging_level="WARNING")
-    except ConnectionError as exc:
-        raise SweepError(
-            f"cannot connect to Ray at {address!r} ({str(exc).splitlines()[0][:160]}): {_FIX_ADDRESS}"
-        ) from None
+        if not address:
+            # An embedded, loopback-only Ray: its start-up warnings (token auth, ...) are noise here.
+            # "local": a new instance even while a `ray start` head runs on this machine, which a
+            # bare ray.init() would join (and lose the sweep with, when that head is stopped).
+            ray.init(address="local", include_dashboard=False, logging_level="ERROR", runtime_env=env)
+            return True
+        check_reachable(address)
+        try:
+            ray.init(address=address, logging_level="WARNING", runtime_env=env)
+        except ConnectionError as exc:
+            raise SweepError(
+                f"cannot connect to Ray at {address!r} ({str(exc).splitlines()[0][:160]}): {_FIX_ADDRESS}"
+            ) from None
+    except (RuntimeEnvSetupError, ValueError) as exc:
+        if env is None:
+            raise
+        # Packaging the plugin modules for the workers failed (too large for Ray's store, unreadable).
+        ray.shutdown()
+        modules = ", ".join(map(str, env.get("py_modules", [])))
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise SweepError(f"cannot ship the plugin modules {modules} to the Ray workers ({first})") from None
     return True
 
 

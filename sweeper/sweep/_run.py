@@ -34,7 +34,7 @@ from sweeper.names import OK, PHASE, SEARCH_PHASE, UNFINISHED_STATUSES
 from sweeper.selection import Pick
 from sweeper.storage import SweepLocation, check_database_url
 from sweeper.sweep._callback import TrackingCallback
-from sweeper.sweep._check import check_data_root
+from sweeper.sweep._check import check_components, check_data_root, check_on_cluster, plugin_runtime_env
 from sweeper.sweep._claim import SweepClaim, claim_sweep, no_resumable_sweep
 from sweeper.sweep._cluster import check_cluster, connect
 from sweeper.sweep._confirm import confirmation_plan, saved_plan
@@ -178,9 +178,11 @@ def _run_claimed(
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     tracker = SweepTracker(uri=config.tracking.uri, experiment=config.experiment_name, sweep=config.name)
-    started_ray = connect(address)
+    started_ray = connect(address, runtime_env=plugin_runtime_env(config))
     try:
         check_cluster(config, location)
+        if address or os.environ.get("RAY_ADDRESS"):
+            check_on_cluster(config)  # every node imports the components, as its trials will
         _run_trials(config, location, tracker, saved=saved, verbose=verbose, progress=progress)
         if config.search.confirm is not None:
             _run_confirmation(config, location, tracker, verbose=verbose, progress=progress)
@@ -343,6 +345,7 @@ def _preflight(
         _check_local_cuda()  # on a cluster, check_cluster looks at the nodes' GPUs
     for data in [config.data, *config.evaluation.oracle_datasets]:
         check_data_root(data)
+    check_components(config)
     return saved
 
 

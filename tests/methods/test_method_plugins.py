@@ -75,7 +75,8 @@ def test_an_import_path_and_a_registered_name_resolve_to_the_class() -> None:
 
 def test_the_hyperparameters_are_validated_like_a_builtins() -> None:
     with pytest.raises(
-        ConfigError, match=r"method.params.temprature: .*has no hyperparameter 'temprature' \(did you mean 'temperature'"
+        ConfigError,
+        match=r"method.params.temprature: .*has no hyperparameter 'temprature' \(did you mean 'temperature'",
     ):
         load_config(data={"name": "x", "method": {"name": "test_contrast", "params": {"temprature": 1.0}}})
     with pytest.raises(ConfigError, match="method.params.temperature: Input should be greater than 0"):
