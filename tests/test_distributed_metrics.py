@@ -128,10 +128,18 @@ def test_all_reduced_embedding_stats_equal_one_process_with_every_row(results: l
 
 
 def test_a_process_without_rows_contributes_nothing(results: list[dict[str, Any]]) -> None:
+    # Like against like: the all-reduced statistics against the same class fed every row in one
+    # process (a Gram path and an SVD differ by float rounding, ~1e-9 here: not what is tested).
+    one_process = EmbeddingStats(64)
+    one_process.update(MATRICES["flat"])
+    expected_stats = one_process.compute(("rankme",))["rankme"]
     expected = rankme(MATRICES["flat"], max_samples=None)
     for result in results:
-        assert _relative(result["empty/stats"]["rankme"], expected) <= 1e-9
-        assert _relative(result["empty/rankme"], expected) <= 1e-9
+        assert _relative(result["empty/stats"]["rankme"], expected_stats) <= 1e-12
+        # distributed_rankme's float32 Gram path against a float64 SVD: RankMe's documented 1e-6
+        # (the rounding depends on the CPU's BLAS kernels); a process adding anything moves it
+        # far more (each shard alone is > 1e-6 off: test above).
+        assert _relative(result["empty/rankme"], expected) <= 1e-6
 
 
 def test_distributed_lidar_equals_lidar_of_all_views(results: list[dict[str, Any]]) -> None:
