@@ -350,6 +350,8 @@ def resolve(kind: Kind, name: str, *, search_dirs: Sequence[Path] = ()) -> Compo
 def _check_kind(kind: Kind, name: str, obj: Any) -> None:
     """An import path must name an object of the right kind: a method class, or a callable."""
     if kind == "method":
+        # The one reference upward (to layer 1), at call time only: it runs once a plugin method
+        # is imported, which imports torch anyway; this module itself stays free of torch.
         base = importlib.import_module("sweeper.methods.base").SSLMethod
         if not (inspect.isclass(obj) and issubclass(obj, base)):
             raise ConfigError(
